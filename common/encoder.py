@@ -50,9 +50,14 @@ def truncated_normal(config: BertConfig):
     return keras.initializers.TruncatedNormal(stddev=config.initializer_range)
 
 
-def make_transformer_layer(config: BertConfig, index: int) -> keras_hub.layers.TransformerEncoder:
-    """One post-LN BERT block; `transformer_layer_factory` in `BertEncoder` may replace this."""
-    return keras_hub.layers.TransformerEncoder(
+def make_transformer_layer(config: BertConfig, index: int,
+                           layer_class: type = keras_hub.layers.TransformerEncoder,
+                           **layer_kwargs) -> keras_hub.layers.TransformerEncoder:
+    """One post-LN BERT block; `transformer_layer_factory` in `BertEncoder` may replace this.
+
+    `layer_class`/`layer_kwargs` let a `TransformerEncoder` subclass reuse these BERT settings.
+    """
+    return layer_class(
         intermediate_dim=config.intermediate_size,
         num_heads=config.num_attention_heads,
         dropout=config.hidden_dropout_prob,
@@ -61,6 +66,7 @@ def make_transformer_layer(config: BertConfig, index: int) -> keras_hub.layers.T
         kernel_initializer=truncated_normal(config),
         normalize_first=False,
         name=f"transformer_layer_{index}",
+        **layer_kwargs,
     )
 
 

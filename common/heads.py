@@ -10,9 +10,17 @@ from common.config import BertConfig
 from common.encoder import LAYER_NORM_EPSILON, BertEncoder, get_activation, truncated_normal
 
 
-def masked_lm_head(encoder: BertEncoder, name: str = "masked_lm_head") -> keras_hub.layers.MaskedLMHead:
-    """dense -> activation -> LayerNorm -> logits tied to the input embedding + output bias."""
+def masked_lm_head(encoder: BertEncoder, name: str = "masked_lm_head",
+                   **layer_kwargs) -> keras_hub.layers.MaskedLMHead:
+    """dense -> activation -> LayerNorm -> logits tied to the input embedding + output bias.
+
+    `layer_kwargs` go to the layer, e.g. `dtype="float32"`: keras-hub's head does not autocast, so
+    under a mixed policy its float32 output bias cannot be added to float16 logits.
+    """
     config = encoder.config
+    # keras-hub builds this head with autocast off, so under a mixed policy its float32 bias meets
+    # low-precision logits; a float32 head (the vocabulary softmax wants it anyway) avoids that.
+    layer_kwargs.setdefault("dtype", "float32")
     head = keras_hub.layers.MaskedLMHead(
         vocabulary_size=config.vocab_size,
         token_embedding=encoder.token_embedding,
@@ -20,6 +28,7 @@ def masked_lm_head(encoder: BertEncoder, name: str = "masked_lm_head") -> keras_
         layer_norm_epsilon=LAYER_NORM_EPSILON,
         kernel_initializer=truncated_normal(config),
         name=name,
+        **layer_kwargs,
     )
     head.build((None, None, config.hidden_size))
     return head

@@ -1,0 +1,161 @@
+"""BERT4Rec (Sun et al., CIKM 2019) and its cross-attention variant, built from `common/`.
+
+BERT4Rec is a BERT encoder over item ids: item + learned position embeddings (plus the all-zero
+token type that the original `modeling.py` still adds), post-LN blocks, no pooler, and a masked-item
+head whose output layer is the item embedding table (tied) plus an output bias.
+
+The cross-attention variant changes only the attention inside each block (see
+`CrossAttentionMultiHeadAttention`); its weights have the same names and shapes as BERT4Rec's.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import keras
+import keras_hub
+from keras import ops
+
+from common.config import BertConfig
+from common.encoder import BertEncoder, make_transformer_layer
+from common.heads import masked_lm_head
+
+MODEL_TYPES = ("bert4rec", "cross_attention")
+CROSS_ATTENTION_YY = ("kk", "qq")
+
+
+class CrossAttentionMultiHeadAttention(keras.layers.MultiHeadAttention):
+    """Self-attention returning softmax(QK^T/√d)V + softmax(QQ^T/(2√d))V + softmax(YY^T/(2√d))V.
+
+    Y is K (`cross_attention_yy="kk"`, the form described by the variant's paper) or Q (`"qq"`, what
+    its public code computes: the QQ^T softmax a second time). All three softmaxes mask padded keys
+    and have dropout applied to their probabilities. Only self-attention is supported (query, key and
+    value from the same sequence), since QQ^T and KK^T are square. When attention scores are
+    requested, the returned probabilities are the ordinary softmax(QK^T/√d) ones.
+    """
+
+    def __init__(self, *args, cross_attention_yy: str = "kk", **kwargs):
+        super().__init__(*args, **kwargs)
+        if cross_attention_yy not in CROSS_ATTENTION_YY:
+            raise ValueError(f"cross_attention_yy must be one of {CROSS_ATTENTION_YY}, "
+                             f"got {cross_attention_yy!r}")
+        self.cross_attention_yy = cross_attention_yy
+
+    def _attend(self, scores, value, attention_mask, training):
+        """Masked softmax over keys, dropout on the probabilities, weighted sum of values."""
+        probs = self._masked_softmax(scores, attention_mask)
+        dropped = self._dropout_layer(probs, training=training) if self._dropout > 0.0 else probs
+        return ops.einsum(self._combine_equation, dropped, value), probs
+
+    def _compute_attention(self, query, key, value, attention_mask=None, training=None,
+                           return_attention_scores=False, **kwargs):
+        # This is where the cross-attention model differs from BERT4Rec: two extra attention maps built
+        # from query-query and key-key (or query-query again) similarities, at half the usual scale.
+        scaled_query = ops.multiply(query, ops.cast(self._inverse_sqrt_key_dim, query.dtype))
+        half_scaled_query = ops.multiply(scaled_query, ops.cast(0.5, query.dtype))
+        yy_source = key if self.cross_attention_yy == "kk" else query
+        half_scaled_yy = ops.multiply(
+            yy_source, ops.cast(0.5 * self._inverse_sqrt_key_dim, yy_source.dtype))
+
+        # `_dot_product_equation(a, b)` gives scores [B, N, rows of b, columns of a].
+        qk_scores = ops.einsum(self._dot_product_equation, key, scaled_query)
+        qq_scores = ops.einsum(self._dot_product_equation, query, half_scaled_query)
+        yy_scores = ops.einsum(self._dot_product_equation, yy_source, half_scaled_yy)
+
+        qk_output, qk_probs = self._attend(qk_scores, value, attention_mask, training)
+        qq_output, _ = self._attend(qq_scores, value, attention_mask, training)
+        yy_output, _ = self._attend(yy_scores, value, attention_mask, training)
+        return qk_output + qq_output + yy_output, qk_probs
+
+    def get_config(self):
+        return {**super().get_config(), "cross_attention_yy": self.cross_attention_yy}
+
+
+class CrossAttentionTransformerEncoder(keras_hub.layers.TransformerEncoder):
+    """keras-hub `TransformerEncoder` whose self-attention is `CrossAttentionMultiHeadAttention`."""
+
+    def __init__(self, *args, cross_attention_yy: str = "kk", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cross_attention_yy = cross_attention_yy
+
+    def __setattr__(self, name, value):
+        # keras-hub creates its attention inline in build(); swapping the class at that assignment
+        # keeps the rest of build (sub-layer names, weight shapes) exactly keras-hub's.
+        if name == "_self_attention_layer" and type(value) is keras.layers.MultiHeadAttention:
+            value = CrossAttentionMultiHeadAttention.from_config(
+                {**value.get_config(), "cross_attention_yy": self.cross_attention_yy})
+        super().__setattr__(name, value)
+
+    def get_config(self):
+        return {**super().get_config(), "cross_attention_yy": self.cross_attention_yy}
+
+
+def make_cross_attention_layer(config: BertConfig, index: int,
+                               cross_attention_yy: str = "kk") -> CrossAttentionTransformerEncoder:
+    """`BertEncoder` layer factory: a BERT block (same settings as BERT4Rec) with cross-attention."""
+    return make_transformer_layer(config, index, layer_class=CrossAttentionTransformerEncoder,
+                                  cross_attention_yy=cross_attention_yy)
+
+
+class Bert4Rec(keras.Model):
+    """Masked-item model: features -> float32 logits `[batch, max_predictions, vocab_size]`.
+
+    Features: int `input_ids` `[batch, seq]` (0 = padding), int `input_mask` `[batch, seq]`
+    (1 = real item), int `masked_lm_positions` `[batch, max_predictions]`.
+    """
+
+    def __init__(self, config: BertConfig, model_type: str = "bert4rec",
+                 cross_attention_yy: str = "kk", use_token_type_embeddings: bool = True,
+                 name: str = "bert4rec", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+        if cross_attention_yy not in CROSS_ATTENTION_YY:
+            raise ValueError(f"cross_attention_yy must be one of {CROSS_ATTENTION_YY}, "
+                             f"got {cross_attention_yy!r}")
+        self.config = config
+        self.model_type = model_type
+        self.cross_attention_yy = cross_attention_yy
+        layer_factory = (
+            functools.partial(make_cross_attention_layer, cross_attention_yy=cross_attention_yy)
+            if model_type == "cross_attention" else make_transformer_layer)
+        # The original adds token-type embedding 0 to every position (ids are all zero), so the table
+        # exists by default; the pooler is commented out there, so there is none here.
+        self.encoder = BertEncoder(config, use_segment_embeddings=use_token_type_embeddings,
+                                   use_pooler=False, transformer_layer_factory=layer_factory)
+        # A float32 head: keras-hub's head does not autocast its bias, and the softmax over all items
+        # is safer in float32 under mixed precision (the encoder still runs in the global policy).
+        self.masked_lm = masked_lm_head(self.encoder, dtype="float32")
+        # Every sub-layer is built above, so weights exist before the first call (checkpoints, counts).
+        self.built = True
+
+    def _encode(self, features, training=None):
+        inputs = {"input_ids": features["input_ids"], "input_mask": features.get("input_mask")}
+        return self.encoder(inputs, training=training)["sequence_output"]
+
+    def call(self, features, training=None):
+        sequence_output = self._encode(features, training=training)
+        logits = self.masked_lm(sequence_output, mask_positions=features["masked_lm_positions"])
+        # Losses and rankings want float32 even under a mixed-precision policy.
+        return ops.cast(logits, "float32")
+
+    def next_item_logits(self, features):
+        """Full-vocabulary float32 logits `[batch, vocab_size]` at each test instance's single masked
+        position, `masked_lm_positions[:, 0]` (inference mode)."""
+        sequence_output = self._encode(features, training=False)
+        first_position = features["masked_lm_positions"][:, :1]
+        logits = self.masked_lm(sequence_output, mask_positions=first_position)
+        return ops.cast(logits[:, 0, :], "float32")
+
+
+def bert4rec_loss(model: Bert4Rec, features, training=None):
+    """`(loss_sum, normalizer)`: weighted sum of per-position cross-entropy, and the sum of weights.
+
+    The training loop divides by the all-reduced normalizer, so the loss is the mean over real
+    masked positions of the global batch (the original's `numerator / denominator`).
+    """
+    logits = model(features, training=training)
+    weights = ops.cast(features["masked_lm_weights"], "float32")
+    per_position = keras.losses.sparse_categorical_crossentropy(
+        features["masked_lm_ids"], logits, from_logits=True)
+    return ops.sum(per_position * weights), ops.sum(weights)
