@@ -114,6 +114,9 @@ class BertEncoder(keras.Model):
             epsilon=LAYER_NORM_EPSILON, name="embeddings_layer_norm")
         self.embeddings_dropout = keras.layers.Dropout(config.hidden_dropout_prob, name="embeddings_dropout")
         self.transformer_layers = [factory(config, index) for index in range(config.num_hidden_layers)]
+        # tf.train.Checkpoint does not see layers held in a Python list of a Keras 3 model: name each.
+        for index, layer in enumerate(self.transformer_layers):
+            setattr(self, f"transformer_layer_{index}", layer)
         self.pooler_dense = (
             keras.layers.Dense(config.hidden_size, activation="tanh",
                                kernel_initializer=truncated_normal(config), name="pooler_dense")

@@ -7,6 +7,11 @@ import json
 import os
 import tempfile
 
+# mkstemp creates files 0600; outputs should get the usual umask-based mode instead.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
@@ -23,6 +28,7 @@ def atomic_output(path: str | os.PathLike, mode: str = "w", encoding: str | None
             handle = open(temp_path, mode, encoding=encoding, newline="")
         with handle:
             yield handle
+        os.chmod(temp_path, _FILE_MODE)
         os.replace(temp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -41,6 +47,8 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield temp_path
+        if os.path.exists(temp_path):
+            os.chmod(temp_path, _FILE_MODE)
         os.replace(temp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -1,0 +1,177 @@
+"""BERT4Rec training and evaluation as plain functions; `bert4rec/run.py` is their absl front end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Sequence
+
+import tensorflow as tf
+from absl import logging
+from tqdm.auto import tqdm
+
+from bert4rec import data as bert4rec_data
+from bert4rec.evaluation import (CandidateSampler, RankingEvaluator, format_original_line,
+                                 write_eval_results)
+from bert4rec.model import Bert4Rec, bert4rec_loss
+from common.checkpoints import make_checkpoint_manager, restore_latest
+from common.config import BertConfig, BertConfigError
+from common.distribute import is_chief
+from common.io_utils import atomic_write_json
+from common.optimization import create_optimizer
+from common.tfrecords import make_dataset
+from common.training import TrainResult, train, write_scalars
+
+# BERT4Rec's optimizer: Google AdamW (no bias correction), weight decay 0.01, global-norm clip 5.0.
+BERT4REC_WEIGHT_DECAY = 0.01
+BERT4REC_CLIP_NORM = 5.0
+RUN_CONFIG_NAME = "run_config.json"
+EVAL_RESULTS_NAME = "eval_results.json"
+
+
+@dataclasses.dataclass
+class RunSettings:
+    """What a trained model needs to be rebuilt (by evaluation, resume or `recommend.py`)."""
+
+    bert_config_file: str
+    vocab_filename: str
+    user_history_filename: str
+    max_seq_length: int
+    max_predictions_per_seq: int
+    model: str = "bert4rec"
+    cross_attention_yy: str = "kk"
+
+    def save(self, model_dir: str) -> None:
+        atomic_write_json(os.path.join(model_dir, RUN_CONFIG_NAME), dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, model_dir: str) -> "RunSettings":
+        path = os.path.join(model_dir, RUN_CONFIG_NAME)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: not found; is {model_dir} a BERT4Rec checkpoint directory "
+                                    f"written by bert4rec/run.py (checkpointDir + signature)?")
+        with open(path, encoding="utf-8") as handle:
+            return cls(**json.load(handle))
+
+
+def load_checked_config(bert_config_file: str, vocab, max_seq_length: int) -> BertConfig:
+    """The model config, checked against the generated vocabulary and sequence length."""
+    config = BertConfig.from_json_file(bert_config_file)
+    if config.vocab_size < vocab.vocab_size:
+        raise BertConfigError(
+            f"{bert_config_file}: vocab_size {config.vocab_size} is smaller than the generated "
+            f"vocabulary ({vocab.vocab_size} ids: {vocab.num_items} items + padding/[MASK]); "
+            f"set \"vocab_size\": {vocab.vocab_size}")
+    if config.vocab_size > vocab.vocab_size:
+        logging.warning("%s: vocab_size %d > generated vocabulary %d: the extra ids are never used",
+                        bert_config_file, config.vocab_size, vocab.vocab_size)
+    if max_seq_length > config.max_position_embeddings:
+        raise BertConfigError(
+            f"{bert_config_file}: max_position_embeddings {config.max_position_embeddings} < "
+            f"--max_seq_length {max_seq_length}")
+    return config
+
+
+def build_model(config: BertConfig, model_type: str = "bert4rec", cross_attention_yy: str = "kk"):
+    return Bert4Rec(config, model_type=model_type, cross_attention_yy=cross_attention_yy)
+
+
+def run_training(strategy: tf.distribute.Strategy, settings: RunSettings, train_input_file: str,
+                 model_dir: str, batch_size: int, num_train_steps: int, num_warmup_steps: int,
+                 learning_rate: float, save_checkpoints_steps: int = 1000,
+                 steps_per_execution: int = 10, random_seed: int = 12345,
+                 shuffle_buffer: int = 10000, init_checkpoint: str | None = None,
+                 progress: bool = True) -> tuple[Bert4Rec, TrainResult]:
+    """Trains BERT4Rec on the masked TFRecords; resumes from the newest checkpoint in `model_dir`."""
+    vocab = bert4rec_data.load_vocab(settings.vocab_filename)
+    config = load_checked_config(settings.bert_config_file, vocab, settings.max_seq_length)
+    if batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(f"--batch_size {batch_size} is not divisible by the "
+                         f"{strategy.num_replicas_in_sync} replicas")
+    if is_chief(strategy):
+        os.makedirs(model_dir, exist_ok=True)
+        settings.save(model_dir)
+    tf.keras.utils.set_random_seed(random_seed)
+    feature_spec = bert4rec_data.bert4rec_feature_spec(settings.max_seq_length,
+                                                       settings.max_predictions_per_seq)
+
+    def dataset_fn(input_context):
+        return make_dataset(train_input_file, feature_spec,
+                            input_context.get_per_replica_batch_size(batch_size), is_training=True,
+                            seed=random_seed, shuffle_buffer=shuffle_buffer,
+                            input_context=input_context)
+
+    with strategy.scope():
+        model = build_model(config, settings.model, settings.cross_attention_yy)
+        optimizer = create_optimizer(learning_rate, num_train_steps, num_warmup_steps,
+                                     weight_decay=BERT4REC_WEIGHT_DECAY, clip_norm=BERT4REC_CLIP_NORM)
+    if init_checkpoint and not tf.train.latest_checkpoint(model_dir):
+        from common.checkpoints import load_google_checkpoint
+        load_google_checkpoint(init_checkpoint, model.encoder, masked_lm_head=model.masked_lm)
+        logging.info("initialised from %s", init_checkpoint)
+    result = train(strategy, model, optimizer, dataset_fn, bert4rec_loss, num_train_steps, model_dir,
+                   save_checkpoints_steps=save_checkpoints_steps,
+                   log_every_steps=max(save_checkpoints_steps // 10, steps_per_execution),
+                   steps_per_execution=steps_per_execution, progress=progress)
+    return model, result
+
+
+def restore_model(model_dir: str, settings: RunSettings | None = None) -> tuple[Bert4Rec, str]:
+    """The newest checkpoint in `model_dir` as a model (no optimizer); returns (model, path)."""
+    settings = settings or RunSettings.load(model_dir)
+    vocab = bert4rec_data.load_vocab(settings.vocab_filename)
+    config = load_checked_config(settings.bert_config_file, vocab, settings.max_seq_length)
+    model = build_model(config, settings.model, settings.cross_attention_yy)
+    checkpoint, manager = make_checkpoint_manager(model_dir, model=model)
+    path = restore_latest(checkpoint, manager)
+    if path is None:
+        raise FileNotFoundError(f"{model_dir}: no checkpoint to evaluate; train first (--do_train)")
+    return model, path
+
+
+def run_evaluation(model: Bert4Rec, settings: RunSettings, test_input_file: str, batch_size: int = 256,
+                   protocols: Sequence[str] = ("pop100", "uni100", "full"),
+                   exclude_history: bool = True, random_seed: int = 12345,
+                   progress: bool = True) -> dict:
+    """Ranks every test user's held-out item under each protocol; returns protocol -> metrics."""
+    vocab = bert4rec_data.load_vocab(settings.vocab_filename)
+    histories = bert4rec_data.load_histories(settings.user_history_filename)
+    sampler = CandidateSampler(vocab.item_counts, num_negatives=100, seed=random_seed,
+                               num_items=vocab.num_items)
+    # --exclude_history=false reproduces the original under Python 3: only its input window (the
+    # max_seq_length - 1 items before the target; .his histories end with the target) is excluded.
+    evaluator = RankingEvaluator(sampler, protocols, histories, exclude_history=True,
+                                 history_window=None if exclude_history else settings.max_seq_length)
+    feature_spec = bert4rec_data.bert4rec_feature_spec(settings.max_seq_length,
+                                                       settings.max_predictions_per_seq)
+    dataset = make_dataset(test_input_file, feature_spec, batch_size, is_training=False)
+    next_item_logits = tf.function(model.next_item_logits, reduce_retracing=True)
+    bar = tqdm(desc="evaluating", unit="user", disable=not progress)
+    for features in dataset:
+        logits = next_item_logits(features).numpy()
+        user_indices = features["info"].numpy()[:, 0]
+        targets = features["masked_lm_ids"].numpy()[:, 0]
+        evaluator.update(user_indices, targets, logits)
+        bar.update(len(user_indices))
+    bar.close()
+    return evaluator.result()
+
+
+def report_evaluation(results: dict, model_dir: str, extra: dict | None = None,
+                      summary_step: int | None = None) -> str:
+    """Prints the original's metric line per protocol, writes eval_results.json and eval scalars."""
+    lines = []
+    for protocol, metrics in results.items():
+        line = format_original_line(metrics)
+        lines.append(f"[{protocol}] {line}")
+        print(f"[{protocol}] {line}", flush=True)
+    path = os.path.join(model_dir, EVAL_RESULTS_NAME)
+    write_eval_results(path, results, extra)
+    if summary_step is not None:
+        writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
+        write_scalars(writer, summary_step, {
+            f"{protocol}/{name}": value for protocol, metrics in results.items()
+            for name, value in metrics.items() if name != "valid_user"})
+        writer.flush()
+    return path

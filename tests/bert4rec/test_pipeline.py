@@ -1,0 +1,139 @@
+"""BERT4Rec end to end, as a user runs it: gen_data_fin -> run.py training -> evaluation -> recommend.
+
+Users walk one fixed cycle over the items, so the next item is fully determined by the last one: a
+trained model must rank the held-out item first, an untrained one stays near chance.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bert4rec import data as bert4rec_data
+from bert4rec import experiment
+from bert4rec.gen_data_fin import generate
+from bert4rec.recommend import recommend
+from common.config import BertConfig, BertConfigError
+from common.distribute import get_strategy
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NUM_ITEMS, NUM_USERS, MAX_SEQ_LENGTH, MAX_PREDICTIONS = 150, 160, 24, 6
+CYCLE = np.random.default_rng(7).permutation(np.arange(1, NUM_ITEMS + 1))
+
+
+def write_cycle_dataset(path):
+    rng = np.random.default_rng(3)
+    with open(path, "w") as handle:
+        for user in range(1, NUM_USERS + 1):
+            start, length = rng.integers(NUM_ITEMS), rng.integers(14, 22)
+            for step in range(length):
+                handle.write(f"{user} {CYCLE[(start + step) % NUM_ITEMS]}\n")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bert4rec")
+    data_dir = str(root / "data")
+    os.makedirs(data_dir)
+    write_cycle_dataset(os.path.join(data_dir, "cycle.txt"))
+    summary = generate("cycle", data_dir=data_dir, output_dir=data_dir, max_seq_length=MAX_SEQ_LENGTH,
+                       max_predictions_per_seq=MAX_PREDICTIONS, masked_lm_prob=0.2, dupe_factor=6,
+                       prop_sliding_window=0.5, signature="-t", pool_size=1, show_progress=False)
+    config_file = str(root / "bert_config.json")
+    BertConfig(vocab_size=summary["vocab_size"], hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+               intermediate_size=64, max_position_embeddings=MAX_SEQ_LENGTH, hidden_dropout_prob=0.1,
+               attention_probs_dropout_prob=0.1, initializer_range=0.1).to_json_file(config_file)
+    prefix = os.path.join(data_dir, "cycle-t")
+    settings = experiment.RunSettings(
+        bert_config_file=config_file, vocab_filename=prefix + ".vocab",
+        user_history_filename=prefix + ".his", max_seq_length=MAX_SEQ_LENGTH,
+        max_predictions_per_seq=MAX_PREDICTIONS)
+    return {"root": root, "prefix": prefix, "settings": settings, "summary": summary,
+            "model_dir": str(root / "model")}
+
+
+def evaluate(model, pipeline):
+    return experiment.run_evaluation(model, pipeline["settings"], pipeline["prefix"] + ".test.tfrecord",
+                                     batch_size=64, progress=False)
+
+
+def test_untrained_model_is_near_chance(pipeline):
+    vocab = bert4rec_data.load_vocab(pipeline["settings"].vocab_filename)
+    config = experiment.load_checked_config(pipeline["settings"].bert_config_file, vocab, MAX_SEQ_LENGTH)
+    results = evaluate(experiment.build_model(config), pipeline)
+    assert results["pop100"]["valid_user"] == NUM_USERS
+    assert results["pop100"]["hit@10"] < 0.3
+    assert results["full"]["hit@10"] < 0.3
+
+
+def test_training_learns_the_planted_order_then_resumes_and_recommends(pipeline):
+    strategy = get_strategy("default")
+    model, result = experiment.run_training(
+        strategy, pipeline["settings"], pipeline["prefix"] + ".train.tfrecord", pipeline["model_dir"],
+        batch_size=32, num_train_steps=300, num_warmup_steps=30, learning_rate=3e-3,
+        save_checkpoints_steps=100, steps_per_execution=50, shuffle_buffer=5000, progress=False)
+    assert result.final_step == 300
+    results = evaluate(model, pipeline)
+    assert results["pop100"]["hit@10"] > 0.9, results
+    assert results["full"]["hit@10"] > 0.9, results
+
+    # A second call with more steps resumes from step 300 instead of starting over.
+    _, resumed = experiment.run_training(
+        strategy, pipeline["settings"], pipeline["prefix"] + ".train.tfrecord", pipeline["model_dir"],
+        batch_size=32, num_train_steps=320, num_warmup_steps=30, learning_rate=3e-3,
+        save_checkpoints_steps=100, steps_per_execution=10, progress=False)
+    assert resumed.final_step == 320 and [step for step, _ in resumed.losses][0] == 301
+
+    # The restored checkpoint recommends the cycle's next item for a history walking the cycle.
+    restored, _ = experiment.restore_model(pipeline["model_dir"])
+    vocab = bert4rec_data.load_vocab(pipeline["settings"].vocab_filename)
+    history = [int(CYCLE[index % NUM_ITEMS]) for index in range(40, 52)]
+    top = recommend(restored, vocab, history, MAX_SEQ_LENGTH, top_k=5)
+    assert top[0].item == int(CYCLE[52])
+    assert not set(entry.item for entry in top) & set(history)
+
+
+def test_command_line_evaluates_and_recommends(pipeline):
+    """run.py --do_eval on the trained directory prints the original's line per protocol."""
+    if not os.path.exists(os.path.join(pipeline["model_dir"], "checkpoint")):
+        pytest.skip("needs the model trained by the previous test")
+    settings = pipeline["settings"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    completed = subprocess.run(
+        [sys.executable, "-m", "bert4rec.run", "--do_eval", "--progress=false",
+         f"--test_input_file={pipeline['prefix']}.test.tfrecord", f"--vocab_filename={settings.vocab_filename}",
+         f"--user_history_filename={settings.user_history_filename}",
+         f"--bert_config_file={settings.bert_config_file}", f"--checkpointDir={pipeline['model_dir']}",
+         "--signature=", f"--max_seq_length={MAX_SEQ_LENGTH}",
+         f"--max_predictions_per_seq={MAX_PREDICTIONS}", "--batch_size=64"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    lines = [line for line in completed.stdout.splitlines() if "ndcg@1:" in line]
+    assert [line.split("]")[0] for line in lines] == ["[pop100", "[uni100", "[full"]
+    assert lines[0].split("] ")[1].startswith("ndcg@1:") and lines[0].endswith(f"valid_user:{NUM_USERS}.0")
+    with open(os.path.join(pipeline["model_dir"], "eval_results.json")) as handle:
+        saved = json.load(handle)
+    assert set(saved["metrics"]) == {"pop100", "uni100", "full"}
+    assert saved["metrics"]["pop100"]["hit@10"] > 0.9
+
+    history = " ".join(str(int(CYCLE[index])) for index in range(3, 9))
+    completed = subprocess.run(
+        [sys.executable, "-m", "bert4rec.recommend", f"--checkpointDir={pipeline['model_dir']}",
+         f"--history={history}", "--top_k=3", "--json"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    recommendations = json.loads(completed.stdout.strip().splitlines()[-1])["recommendations"]
+    assert recommendations[0]["item"] == int(CYCLE[9])
+
+
+def test_vocab_size_mismatch_is_a_clear_error(pipeline, tmp_path):
+    vocab = bert4rec_data.load_vocab(pipeline["settings"].vocab_filename)
+    small = tmp_path / "bert_config.json"
+    BertConfig(vocab_size=vocab.vocab_size - 1, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+               intermediate_size=8, max_position_embeddings=MAX_SEQ_LENGTH).to_json_file(small)
+    with pytest.raises(BertConfigError, match=rf"bert_config.json: vocab_size {vocab.vocab_size - 1}.*"
+                                              rf"\"vocab_size\": {vocab.vocab_size}"):
+        experiment.load_checked_config(str(small), vocab, MAX_SEQ_LENGTH)
