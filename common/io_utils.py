@@ -14,29 +14,6 @@ _FILE_MODE = 0o666 & ~_UMASK
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
-    """Yields a handle to a temp file beside `path`; renames it onto `path` only if the block succeeds."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, temp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        if "b" in mode:
-            handle = open(temp_path, mode)
-        else:
-            handle = open(temp_path, mode, encoding=encoding, newline="")
-        with handle:
-            yield handle
-        os.chmod(temp_path, _FILE_MODE)
-        os.replace(temp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temp_path)
-        raise
-
-
-@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yields a temp path beside `path` for writers that want a file name (TFRecord, savefig)."""
     path = os.fspath(path)
@@ -54,6 +31,18 @@ def atomic_path(path: str | os.PathLike):
         with contextlib.suppress(FileNotFoundError):
             os.remove(temp_path)
         raise
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
+    """Yields a handle to a temp file beside `path`; renames it onto `path` only if the block succeeds."""
+    with atomic_path(path) as temp_path:
+        if "b" in mode:
+            handle = open(temp_path, mode)
+        else:
+            handle = open(temp_path, mode, encoding=encoding, newline="")
+        with handle:
+            yield handle
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
