@@ -137,3 +137,29 @@ def test_vocab_size_mismatch_is_a_clear_error(pipeline, tmp_path):
     with pytest.raises(BertConfigError, match=rf"bert_config.json: vocab_size {vocab.vocab_size - 1}.*"
                                               rf"\"vocab_size\": {vocab.vocab_size}"):
         experiment.load_checked_config(str(small), vocab, MAX_SEQ_LENGTH)
+
+
+def test_command_line_trains_the_cross_attention_variant_in_bfloat16(pipeline, tmp_path):
+    """run.py --do_train --do_eval as run_ml-1m.sh calls it: checkpoints, resume state, eval_results.json."""
+    settings = pipeline["settings"]
+    checkpoint_dir = str(tmp_path / "cross")
+    completed = subprocess.run(
+        [sys.executable, "-m", "bert4rec.run", "--do_train", "--do_eval", "--progress=false",
+         f"--train_input_file={pipeline['prefix']}.train.tfrecord",
+         f"--test_input_file={pipeline['prefix']}.test.tfrecord", f"--vocab_filename={settings.vocab_filename}",
+         f"--user_history_filename={settings.user_history_filename}",
+         f"--bert_config_file={settings.bert_config_file}", f"--checkpointDir={checkpoint_dir}",
+         "--signature=-x", f"--max_seq_length={MAX_SEQ_LENGTH}", f"--max_predictions_per_seq={MAX_PREDICTIONS}",
+         "--batch_size=16", "--num_train_steps=20", "--num_warmup_steps=2", "--learning_rate=1e-3",
+         "--save_checkpoints_steps=10", "--iterations_per_loop=5", "--model=cross_attention",
+         "--mixed_precision=bfloat16", "--exclude_history=false", "--eval_protocol=pop100,full"],
+        cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    model_dir = checkpoint_dir + "-x"
+    assert {"ckpt-10.index", "ckpt-20.index", "run_config.json", "eval_results.json"} <= set(os.listdir(model_dir))
+    with open(os.path.join(model_dir, "eval_results.json")) as handle:
+        saved = json.load(handle)
+    assert set(saved["metrics"]) == {"pop100", "full"}
+    assert saved["flags"]["model"] == "cross_attention" and saved["train"]["final_step"] == 20
+    with open(os.path.join(model_dir, "run_config.json")) as handle:
+        assert json.load(handle)["model"] == "cross_attention"
