@@ -161,11 +161,9 @@ def run_evaluation(model: Bert4Rec, settings: RunSettings, test_input_file: str,
 def report_evaluation(results: dict, model_dir: str, extra: dict | None = None,
                       summary_step: int | None = None) -> str:
     """Prints the original's metric line per protocol, writes eval_results.json and eval scalars."""
-    lines = []
     for protocol, metrics in results.items():
-        line = format_original_line(metrics)
-        lines.append(f"[{protocol}] {line}")
-        print(f"[{protocol}] {line}", flush=True)
+        # A label line, then the original's metric line unchanged (scripts that parse it still work).
+        print(f"{protocol}:\n{format_original_line(metrics)}", flush=True)
     path = os.path.join(model_dir, EVAL_RESULTS_NAME)
     write_eval_results(path, results, extra)
     if summary_step is not None:

@@ -18,7 +18,7 @@ if __package__ in (None, ""):  # run as a file (`python bert4rec/run.py` or from
 
 from absl import app, flags, logging  # noqa: E402
 
-from common.distribute import define_strategy_flags, strategy_from_flags  # noqa: E402
+from common.distribute import define_strategy_flags, is_chief, strategy_from_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -92,7 +92,7 @@ def main(argv):
             steps_per_execution=FLAGS.iterations_per_loop, random_seed=FLAGS.random_seed,
             init_checkpoint=FLAGS.init_checkpoint, progress=FLAGS.progress)
 
-    if FLAGS.do_eval and experiment.is_chief(strategy):
+    if FLAGS.do_eval and is_chief(strategy):
         test_file = FLAGS.test_input_file or FLAGS.train_input_file
         protocols = list(FLAGS.eval_protocol)
         if not FLAGS.use_pop_random:  # the original's uniform mode: report uniform first

@@ -6,6 +6,7 @@ trained model must rank the held-out item first, an untrained one stays near cha
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -111,9 +112,12 @@ def test_command_line_evaluates_and_recommends(pipeline):
          f"--max_predictions_per_seq={MAX_PREDICTIONS}", "--batch_size=64"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    lines = [line for line in completed.stdout.splitlines() if "ndcg@1:" in line]
-    assert [line.split("]")[0] for line in lines] == ["[pop100", "[uni100", "[full"]
-    assert lines[0].split("] ")[1].startswith("ndcg@1:") and lines[0].endswith(f"valid_user:{NUM_USERS}.0")
+    output = completed.stdout.splitlines()
+    metric_lines = [index for index, line in enumerate(output) if line.startswith("ndcg@1:")]
+    assert [output[index - 1] for index in metric_lines] == ["pop100:", "uni100:", "full:"]
+    assert re.fullmatch(r"ndcg@1:[0-9.e-]+, hit@1:[0-9.e-]+, ndcg@5:[0-9.e-]+, hit@5:[0-9.e-]+, "
+                        r"ndcg@10:[0-9.e-]+, hit@10:[0-9.e-]+, ap:[0-9.e-]+, valid_user:" + f"{NUM_USERS}.0",
+                        output[metric_lines[0]])
     with open(os.path.join(pipeline["model_dir"], "eval_results.json")) as handle:
         saved = json.load(handle)
     assert set(saved["metrics"]) == {"pop100", "uni100", "full"}
