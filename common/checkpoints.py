@@ -361,26 +361,9 @@ def _check_hugging_face_config(values: dict, source: str) -> None:
         raise ValueError(f"{source}: key 'layer_norm_eps' must be {LAYER_NORM_EPSILON} (got {epsilon!r})")
 
 
-def _config_from_hugging_face(values: dict, backbone, source: str) -> BertConfig:
-    hidden_act = values.get("hidden_act", "gelu")
-    merged = {
-        "vocab_size": backbone.vocabulary_size,
-        "hidden_size": backbone.hidden_dim,
-        "num_hidden_layers": backbone.num_layers,
-        "num_attention_heads": backbone.num_heads,
-        "intermediate_size": backbone.intermediate_dim,
-        "max_position_embeddings": backbone.max_sequence_length,
-        "type_vocab_size": values.get("type_vocab_size", backbone.num_segments),
-        "hidden_act": _HF_ACTIVATION_ALIASES.get(hidden_act, hidden_act),
-        "hidden_dropout_prob": values.get("hidden_dropout_prob", 0.1),
-        "attention_probs_dropout_prob": values.get("attention_probs_dropout_prob", 0.1),
-        "initializer_range": values.get("initializer_range", 0.02),
-    }
-    return BertConfig.from_dict(merged, source=source)
-
-
-def _config_from_keras_hub(backbone, source: str) -> BertConfig:
-    return BertConfig.from_dict({
+def _backbone_shape(backbone) -> dict:
+    """The `bert_config.json` keys a keras-hub `BertBackbone` knows itself."""
+    return {
         "vocab_size": backbone.vocabulary_size,
         "hidden_size": backbone.hidden_dim,
         "num_hidden_layers": backbone.num_layers,
@@ -388,6 +371,25 @@ def _config_from_keras_hub(backbone, source: str) -> BertConfig:
         "intermediate_size": backbone.intermediate_dim,
         "max_position_embeddings": backbone.max_sequence_length,
         "type_vocab_size": backbone.num_segments,
+    }
+
+
+def _config_from_hugging_face(values: dict, backbone, source: str) -> BertConfig:
+    hidden_act = values.get("hidden_act", "gelu")
+    merged = _backbone_shape(backbone)
+    merged.update({
+        "type_vocab_size": values.get("type_vocab_size", backbone.num_segments),
+        "hidden_act": _HF_ACTIVATION_ALIASES.get(hidden_act, hidden_act),
+        "hidden_dropout_prob": values.get("hidden_dropout_prob", 0.1),
+        "attention_probs_dropout_prob": values.get("attention_probs_dropout_prob", 0.1),
+        "initializer_range": values.get("initializer_range", 0.02),
+    })
+    return BertConfig.from_dict(merged, source=source)
+
+
+def _config_from_keras_hub(backbone, source: str) -> BertConfig:
+    return BertConfig.from_dict({
+        **_backbone_shape(backbone),
         # keras-hub's BertBackbone computes the tanh GELU whatever its weights were trained with.
         "hidden_act": "gelu_approximate",
         "hidden_dropout_prob": backbone.dropout,
