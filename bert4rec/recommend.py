@@ -1,4 +1,4 @@
-"""Top-k next items for a history, from a trained BERT4Rec checkpoint directory.
+r"""Top-k next items for a history, from a trained BERT4Rec checkpoint directory.
 
     python -m bert4rec.recommend --checkpointDir=output/BERT4Rec/ml-100k<signature> \
         --history="12 7 301" --top_k=10

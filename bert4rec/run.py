@@ -1,4 +1,4 @@
-"""Train and evaluate BERT4Rec with the original repository's command line.
+r"""Train and evaluate BERT4Rec with the original repository's command line.
 
     python -m bert4rec.run --train_input_file=... --test_input_file=... --vocab_filename=... \
         --user_history_filename=... --checkpointDir=... --signature=... --do_train --do_eval \
