@@ -167,3 +167,23 @@ def test_command_line_trains_the_cross_attention_variant_in_bfloat16(pipeline, t
     assert saved["flags"]["model"] == "cross_attention" and saved["train"]["final_step"] == 20
     with open(os.path.join(model_dir, "run_config.json")) as handle:
         assert json.load(handle)["model"] == "cross_attention"
+
+
+def test_training_runs_under_mirrored_strategy_on_two_replicas(pipeline, tmp_path):
+    """The same run_training under MirroredStrategy over the two logical CPUs (the GPU code path)."""
+    strategy = get_strategy("mirrored")
+    assert strategy.num_replicas_in_sync == 2
+    model_dir = str(tmp_path / "mirrored")
+    _, result = experiment.run_training(
+        strategy, pipeline["settings"], pipeline["prefix"] + ".train.tfrecord", model_dir,
+        batch_size=32, num_train_steps=40, num_warmup_steps=4, learning_rate=3e-3,
+        save_checkpoints_steps=20, steps_per_execution=10, progress=False)
+    losses = np.array([loss for _, loss in result.losses])
+    assert result.final_step == 40 and np.all(np.isfinite(losses))
+    assert losses[-10:].mean() < losses[:10].mean()
+    with pytest.raises(ValueError, match="not divisible by the 2 replicas"):
+        experiment.run_training(strategy, pipeline["settings"], pipeline["prefix"] + ".train.tfrecord",
+                                str(tmp_path / "odd"), batch_size=33, num_train_steps=1, num_warmup_steps=0,
+                                learning_rate=1e-3, progress=False)
+    restored, path = experiment.restore_model(model_dir)
+    assert path.endswith("ckpt-40")
