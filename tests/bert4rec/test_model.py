@@ -7,7 +7,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from scipy.special import erf
 
 from bert4rec.model import (
     Bert4Rec,
@@ -17,6 +16,7 @@ from bert4rec.model import (
     make_cross_attention_layer,
 )
 from common.config import BertConfig
+from numpy_reference import gelu_erf, layer_norm, softmax
 from common.encoder import make_transformer_layer
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "bert4rec", "bert_train")
@@ -47,21 +47,6 @@ def random_features(rng, batch=3, seq=12, max_predictions=4, vocab_size=40, leng
 
 # ---- NumPy references -------------------------------------------------------------------------
 
-def np_softmax(x):
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def np_layer_norm(x, gamma, beta, eps=1e-12):
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * gamma + beta
-
-
-def np_gelu(x):
-    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
-
-
 def np_cross_attention(layer, x, key_mask, yy):
     """softmax(QK^T/√d)V + softmax(QQ^T/(2√d))V + softmax(YY^T/(2√d))V, padded keys masked; then the
     output projection. Also returns the QK^T probabilities."""
@@ -75,7 +60,7 @@ def np_cross_attention(layer, x, key_mask, yy):
     def attend(rows, columns, scale):
         scores = np.einsum("binh,bjnh->bnij", rows, columns) * scale
         scores = np.where(key_mask[:, None, None, :], scores, -np.inf)
-        probs = np_softmax(scores)
+        probs = softmax(scores)
         return np.einsum("bnij,bjnh->binh", probs, v), probs
 
     y = k if yy == "kk" else q
@@ -193,9 +178,9 @@ def test_output_layer_is_tied_to_the_item_embedding():
     sequence_output = model.encoder(features)["sequence_output"].numpy().astype(np.float64)
     gathered = np.take_along_axis(sequence_output, features["masked_lm_positions"][..., None], axis=1)
     dense = head._intermediate_dense
-    hidden = np_gelu(gathered @ dense.kernel.numpy() + dense.bias.numpy())
+    hidden = gelu_erf(gathered @ dense.kernel.numpy() + dense.bias.numpy())
     norm = head._intermediate_layer_norm
-    hidden = np_layer_norm(hidden, norm.gamma.numpy(), norm.beta.numpy())
+    hidden = layer_norm(hidden, norm.gamma.numpy(), norm.beta.numpy())
     embeddings = model.encoder.token_embedding.embeddings.numpy()
     expected = hidden @ embeddings.T + head._bias.numpy()
     np.testing.assert_allclose(model(features).numpy(), expected, rtol=1e-4, atol=1e-4)

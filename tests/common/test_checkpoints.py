@@ -10,7 +10,6 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from scipy.special import erf
 
 from common.checkpoints import (
     CheckpointMismatchError,
@@ -21,6 +20,7 @@ from common.checkpoints import (
     save_google_checkpoint,
 )
 from common.config import BertConfig
+from numpy_reference import gelu_erf, layer_norm
 from common.encoder import BertEncoder
 from common.heads import masked_lm_head, next_sentence_head
 
@@ -35,16 +35,6 @@ MASKED_POSITIONS = np.array([[1, 6], [2, 0]], dtype=np.int32)
 
 
 # ---- independent NumPy reference (Google `modeling.py` semantics, float64) --------------------
-
-def layer_norm(x, gamma, beta, epsilon=1e-12):
-    mean = x.mean(-1, keepdims=True)
-    variance = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(variance + epsilon) * gamma + beta
-
-
-def gelu_erf(x):
-    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
-
 
 def numpy_bert(weights, input_ids, segment_ids, input_mask, num_heads, num_layers, prefix="bert/"):
     """Google-named float arrays -> (sequence_output, pooled_output or None)."""
