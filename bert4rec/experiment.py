@@ -15,7 +15,7 @@ from bert4rec import data as bert4rec_data
 from bert4rec.evaluation import (CandidateSampler, RankingEvaluator, format_original_line,
                                  write_eval_results)
 from bert4rec.model import Bert4Rec, bert4rec_loss
-from common.checkpoints import make_checkpoint_manager, restore_latest
+from common.checkpoints import load_google_checkpoint, make_checkpoint_manager, restore_latest
 from common.config import BertConfig, BertConfigError
 from common.distribute import is_chief
 from common.io_utils import atomic_write_json
@@ -107,7 +107,6 @@ def run_training(strategy: tf.distribute.Strategy, settings: RunSettings, train_
         optimizer = create_optimizer(learning_rate, num_train_steps, num_warmup_steps,
                                      weight_decay=BERT4REC_WEIGHT_DECAY, clip_norm=BERT4REC_CLIP_NORM)
     if init_checkpoint and not tf.train.latest_checkpoint(model_dir):
-        from common.checkpoints import load_google_checkpoint
         load_google_checkpoint(init_checkpoint, model.encoder, masked_lm_head=model.masked_lm)
         logging.info("initialised from %s", init_checkpoint)
     result = train(strategy, model, optimizer, dataset_fn, bert4rec_loss, num_train_steps, model_dir,
