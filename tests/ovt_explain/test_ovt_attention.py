@@ -1,0 +1,94 @@
+"""Attention flow equals the networkx reference and the closed forms; rollout is the matrix product."""
+
+import numpy as np
+import pytest
+
+from ovt_explain.attention import (attention_flow, attention_flow_all_layers, attention_rollout,
+                                   prepare_attention, raw_attention, token_importance)
+from ovt_flow_reference import networkx_flow
+
+
+def random_attention(rng, layers, n, heads=None, sharpness=3.0):
+    shape = (layers, n, n) if heads is None else (layers, heads, n, n)
+    logits = rng.normal(size=shape) * sharpness
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    return probs / probs.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("layers,n", [(1, 4), (2, 5), (3, 6), (4, 7), (6, 5), (3, 9)])
+def test_flow_equals_networkx(layers, n):
+    rng = np.random.default_rng(layers * 100 + n)
+    for sharpness in (0.5, 3.0):
+        attention = random_attention(rng, layers, n, heads=3, sharpness=sharpness)
+        expected = networkx_flow(prepare_attention(attention))
+        np.testing.assert_allclose(attention_flow(attention), expected, atol=1e-6, rtol=0)
+        # Without the residual the graph is sparser in practice (peaked rows): still exact.
+        expected = networkx_flow(prepare_attention(attention, add_residual=False))
+        np.testing.assert_allclose(attention_flow(attention, add_residual=False), expected, atol=1e-6, rtol=0)
+
+
+def test_flow_with_zero_capacities_and_requested_rows():
+    rng = np.random.default_rng(7)
+    matrices = random_attention(rng, 4, 8, sharpness=4.0)
+    matrices[rng.random(matrices.shape) < 0.5] = 0.0
+    matrices[:, np.arange(8), np.arange(8)] += 0.01  # keep every row non-empty
+    matrices /= matrices.sum(-1, keepdims=True)
+    rows = [0, 5]
+    expected = networkx_flow(matrices, rows)
+    np.testing.assert_allclose(attention_flow(matrices, rows=rows, add_residual=False), expected,
+                               atol=1e-6, rtol=0)
+    np.testing.assert_allclose(attention_flow(matrices, rows=5, add_residual=False), expected[1],
+                               atol=1e-6, rtol=0)
+    np.testing.assert_allclose(attention_flow(matrices, rows=rows, add_residual=False, num_workers=1),
+                               expected, atol=1e-6, rtol=0)
+
+
+def test_flow_closed_forms():
+    rng = np.random.default_rng(3)
+    one = random_attention(rng, 1, 10)
+    np.testing.assert_allclose(attention_flow(one, add_residual=False), one[0], atol=1e-12)
+    two = random_attention(rng, 2, 10)
+    # Paths u -> k -> v are disjoint, so the flow is the sum of their bottlenecks.
+    expected = np.minimum(two[1][:, :, None], two[0][None, :, :]).sum(axis=1)
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(attention_flow(two, add_residual=False), expected, atol=1e-12)
+    rows = attention_flow(two, add_residual=False)
+    np.testing.assert_allclose(rows.sum(axis=1), 1.0, atol=1e-12)
+
+
+def test_flow_all_layers_ends_with_last_layer():
+    attention = random_attention(np.random.default_rng(5), 3, 6, heads=2)
+    layered = attention_flow_all_layers(attention, rows=[0])
+    assert layered.shape == (3, 1, 6)
+    np.testing.assert_allclose(layered[-1, 0], attention_flow(attention, rows=0), atol=1e-12)
+    np.testing.assert_allclose(layered[0, 0], prepare_attention(attention)[0, 0], atol=1e-12)
+
+
+def test_rollout_is_the_matrix_product_of_residual_attention():
+    rng = np.random.default_rng(11)
+    attention = random_attention(rng, 4, 6, heads=2)
+    averaged = attention.mean(axis=1)
+    residual = [0.5 * layer + 0.5 * np.eye(6) for layer in averaged]
+    expected = residual[3] @ residual[2] @ residual[1] @ residual[0]
+    np.testing.assert_allclose(attention_rollout(attention), expected, atol=1e-12)
+    np.testing.assert_allclose(attention_rollout(attention, all_layers=True)[1], residual[1] @ residual[0],
+                               atol=1e-12)
+    np.testing.assert_allclose(token_importance(attention, "rollout", row=2), expected[2], atol=1e-12)
+    np.testing.assert_allclose(token_importance(attention, "raw", row=2), averaged[-1, 2], atol=1e-12)
+
+
+def test_padding_is_cropped_and_rows_renormalised():
+    rng = np.random.default_rng(2)
+    attention = random_attention(rng, 2, 5, heads=2)
+    padded = np.zeros((2, 2, 8, 8))
+    padded[:, :, :5, :5] = attention
+    padded[:, :, 5:, :] = 1.0 / 8  # padded query rows are full rows; they must be cropped
+    # bfloat16-like rounding: rows no longer sum to exactly 1 until renormalised.
+    noisy = padded * (1 + 1e-3 * rng.random(padded.shape))
+    prepared = prepare_attention(noisy, length=5)
+    assert prepared.shape == (2, 5, 5) and prepared.dtype == np.float64
+    np.testing.assert_allclose(prepared.sum(-1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(raw_attention(noisy, length=5), attention.mean(1), atol=2e-3)
+    np.testing.assert_allclose(attention_flow(noisy, length=5), attention_flow(attention), atol=2e-3)
+    with pytest.raises(ValueError, match="out of range"):
+        attention_flow(attention, rows=[7])
