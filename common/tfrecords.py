@@ -1,4 +1,4 @@
-"""TFRecord files of int64/float Examples: fast numpy writing without TensorFlow, tf.data reading.
+"""TFRecord files of int64/float/bytes Examples: fast numpy writing without TensorFlow, tf.data reading.
 
 Writing never imports TensorFlow (data generation stays light and fast): Examples are protobuf-encoded by
 hand and TFRecord frames are checksummed with a numpy CRC-32C that processes thousands of records at once.
@@ -27,9 +27,11 @@ _TAG_EXAMPLE_FEATURES = 0x0A  # Example.features
 _TAG_FEATURES_ENTRY = 0x0A  # Features.feature (map entry)
 _TAG_ENTRY_KEY = 0x0A  # map entry key
 _TAG_ENTRY_VALUE = 0x12  # map entry value
+_TAG_BYTES_LIST = 0x0A  # Feature.bytes_list
 _TAG_FLOAT_LIST = 0x12  # Feature.float_list
 _TAG_INT64_LIST = 0x1A  # Feature.int64_list
 _TAG_PACKED_VALUES = 0x0A  # Int64List.value / FloatList.value (packed)
+_TAG_BYTES_VALUE = 0x0A  # BytesList.value (repeated, one tag per value)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -50,11 +52,15 @@ def _length_delimited(tag: int, payload: bytes) -> bytes:
     return bytes([tag]) + _varint(len(payload)) + payload
 
 
-def _check_feature_names(int_features: Mapping, float_features: Mapping) -> list[str]:
-    overlap = set(int_features) & set(float_features)
-    if overlap:
-        raise ValueError(f"features {sorted(overlap)} are given both as int and as float")
-    names = sorted(set(int_features) | set(float_features))  # sorted = protobuf's deterministic map order
+def _check_feature_names(int_features: Mapping, float_features: Mapping, bytes_features: Mapping | None = None) -> list[str]:
+    bytes_features = bytes_features or {}
+    kinds = (("int", int_features), ("float", float_features), ("bytes", bytes_features))
+    for index, (kind, group) in enumerate(kinds):
+        for other_kind, other in kinds[index + 1:]:
+            overlap = set(group) & set(other)
+            if overlap:
+                raise ValueError(f"features {sorted(overlap)} are given both as {kind} and as {other_kind}")
+    names = sorted(set(int_features) | set(float_features) | set(bytes_features))  # protobuf's deterministic map order
     if not names:
         raise ValueError("an Example needs at least one feature")
     for name in names:
@@ -63,20 +69,38 @@ def _check_feature_names(int_features: Mapping, float_features: Mapping) -> list
     return names
 
 
+def _as_bytes_values(value) -> list[bytes]:
+    """One record's bytes feature: a str/bytes (one value) or a sequence of them; str is UTF-8 encoded."""
+    if isinstance(value, (str, bytes, bytearray, np.str_, np.bytes_)):
+        value = [value]
+    return [item.encode("utf-8") if isinstance(item, str) else bytes(item) for item in value]
+
+
+def _bytes_list_payload(values: list[bytes]) -> bytes:
+    return b"".join(_length_delimited(_TAG_BYTES_VALUE, item) for item in values)
+
+
 def serialize_int_example(int_features: Mapping[str, Sequence[int]],
-                          float_features: Mapping[str, Sequence[float]] | None = None) -> bytes:
-    """One `tf.train.Example` of int64 (and optionally float) lists, as deterministic protobuf bytes."""
+                          float_features: Mapping[str, Sequence[float]] | None = None,
+                          bytes_features: Mapping[str, Sequence[bytes | str] | bytes | str] | None = None) -> bytes:
+    """One `tf.train.Example` of int64 (and optionally float and bytes) lists, as deterministic protobuf bytes.
+
+    A bytes feature is one str/bytes value or a sequence of them (str is UTF-8 encoded), e.g. raw text beside its ids.
+    """
     float_features = float_features or {}
+    bytes_features = bytes_features or {}
     entries = []
-    for name in _check_feature_names(int_features, float_features):
+    for name in _check_feature_names(int_features, float_features, bytes_features):
         if name in int_features:
             values = [int(value) for value in int_features[name]]
             packed = b"".join(_varint(value) for value in values)
             feature = _length_delimited(_TAG_INT64_LIST, _length_delimited(_TAG_PACKED_VALUES, packed) if values else b"")
-        else:
+        elif name in float_features:
             values = [float(value) for value in float_features[name]]
             packed = struct.pack(f"<{len(values)}f", *values)
             feature = _length_delimited(_TAG_FLOAT_LIST, _length_delimited(_TAG_PACKED_VALUES, packed) if values else b"")
+        else:
+            feature = _length_delimited(_TAG_BYTES_LIST, _bytes_list_payload(_as_bytes_values(bytes_features[name])))
         entry = _length_delimited(_TAG_ENTRY_KEY, name.encode("utf-8")) + _length_delimited(_TAG_ENTRY_VALUE, feature)
         entries.append(_length_delimited(_TAG_FEATURES_ENTRY, entry))
     return _length_delimited(_TAG_EXAMPLE_FEATURES, b"".join(entries))
@@ -182,17 +206,32 @@ def _concatenate_pieces(pieces: list[tuple[np.ndarray, np.ndarray | None]]) -> P
     return PackedRecords(encoded[valid], valid.sum(axis=1, dtype=np.int64))
 
 
+def _bytes_piece(payloads: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Variable-length byte strings as a zero-padded [rows, longest] matrix and its validity mask."""
+    lengths = np.fromiter((len(payload) for payload in payloads), dtype=np.int64, count=len(payloads))
+    width = int(lengths.max()) if len(lengths) else 0
+    valid = np.arange(width) < lengths[:, None]
+    encoded = np.zeros(valid.shape, dtype=np.uint8)
+    encoded[valid] = np.frombuffer(b"".join(payloads), dtype=np.uint8)
+    return encoded, valid
+
+
 def serialize_int_examples(int_features: Mapping[str, np.ndarray],
-                           float_features: Mapping[str, np.ndarray] | None = None) -> PackedRecords:
-    """Many Examples at once: every feature is a [records, length] array; same bytes as `serialize_int_example`."""
+                           float_features: Mapping[str, np.ndarray] | None = None,
+                           bytes_features: Mapping[str, Sequence] | None = None) -> PackedRecords:
+    """Many Examples at once: every int/float feature is a [records, length] array; same bytes as `serialize_int_example`.
+
+    A bytes feature is a sequence over records of one str/bytes value each, or of a sequence of them.
+    """
     float_features = float_features or {}
-    names = _check_feature_names(int_features, float_features)
+    bytes_features = bytes_features or {}
+    names = _check_feature_names(int_features, float_features, bytes_features)
     arrays = {name: np.asarray(int_features[name] if name in int_features else float_features[name])
-              for name in names}
+              for name in names if name not in bytes_features}
     for name, array in arrays.items():
         if array.ndim != 2:
             raise ValueError(f"feature {name!r} must be a [records, length] array, got shape {array.shape}")
-    rows = {array.shape[0] for array in arrays.values()}
+    rows = {array.shape[0] for array in arrays.values()} | {len(values) for values in bytes_features.values()}
     if len(rows) != 1:
         raise ValueError(f"features disagree on the number of records: {sorted(rows)}")
     num_records = rows.pop()
@@ -203,7 +242,9 @@ def serialize_int_examples(int_features: Mapping[str, np.ndarray],
     payloads, nested_lengths = {}, {}
     features_length = np.zeros(num_records, dtype=np.int64)
     for name in names:
-        if name in int_features:
+        if name in bytes_features:
+            payloads[name] = _bytes_piece([_bytes_list_payload(_as_bytes_values(value)) for value in bytes_features[name]])
+        elif name in int_features:
             values = arrays[name]
             payloads[name] = _varint_piece(values if values.dtype.kind in "iu" else values.astype(np.int64))
         else:
@@ -212,7 +253,9 @@ def serialize_int_examples(int_features: Mapping[str, np.ndarray],
         encoded, valid = payloads[name]
         payload_length = (np.full(num_records, encoded.shape[1], dtype=np.int64) if valid is None
                           else valid.sum(axis=1, dtype=np.int64))
-        if arrays[name].shape[1] > 0:
+        if name in bytes_features:
+            list_length = payload_length  # a BytesList is its repeated values, no packed wrapper
+        elif arrays[name].shape[1] > 0:
             list_length = 1 + _varint_sizes(payload_length) + payload_length
         else:
             list_length = np.zeros(num_records, dtype=np.int64)  # protobuf omits an empty packed field
@@ -233,14 +276,18 @@ def serialize_int_examples(int_features: Mapping[str, np.ndarray],
     pieces = [_constant_piece(bytes([_TAG_EXAMPLE_FEATURES]), num_records), length_piece(0)]
     for index, name in enumerate(names):
         key = name.encode("utf-8")
-        entry, feature, int_or_float_list, payload = (1 + 4 * index + offset for offset in range(4))
+        entry, feature, value_list, payload = (1 + 4 * index + offset for offset in range(4))
         pieces.append(_constant_piece(bytes([_TAG_FEATURES_ENTRY]), num_records))
         pieces.append(length_piece(entry))
         pieces.append(_constant_piece(bytes([_TAG_ENTRY_KEY, len(key)]) + key + bytes([_TAG_ENTRY_VALUE]), num_records))
         pieces.append(length_piece(feature))
-        pieces.append(_constant_piece(bytes([_TAG_INT64_LIST if name in int_features else _TAG_FLOAT_LIST]), num_records))
-        pieces.append(length_piece(int_or_float_list))
-        if arrays[name].shape[1] > 0:
+        list_tag = (_TAG_BYTES_LIST if name in bytes_features else
+                    _TAG_INT64_LIST if name in int_features else _TAG_FLOAT_LIST)
+        pieces.append(_constant_piece(bytes([list_tag]), num_records))
+        pieces.append(length_piece(value_list))
+        if name in bytes_features:
+            pieces.append(payloads[name])
+        elif arrays[name].shape[1] > 0:
             pieces.append(_constant_piece(bytes([_TAG_PACKED_VALUES]), num_records))
             pieces.append(length_piece(payload))
             pieces.append(payloads[name])
@@ -400,6 +447,90 @@ def atomic_tfrecord_writer(path: str | os.PathLike):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Sharded writing.
+
+_RECORDS_PER_SERIALIZE_CHUNK = 8192  # bounds the temporary byte matrices of the batched encoder
+
+
+def sharded_paths(output_prefix: str | os.PathLike, num_shards: int) -> list[str]:
+    """`{prefix}-00000-of-00008.tfrecord`, ... : the names `write_sharded` writes."""
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be at least 1, got {num_shards}")
+    return [f"{os.fspath(output_prefix)}-{index:05d}-of-{num_shards:05d}.tfrecord" for index in range(num_shards)]
+
+
+def serialize_examples(features: Mapping[str, np.ndarray | Sequence]) -> PackedRecords:
+    """`serialize_int_examples` with each feature's kind taken from its values.
+
+    Float arrays become float features, integer/bool arrays int64 features, anything else (sequences of str/bytes,
+    string or object arrays) bytes features.
+    """
+    int_features, float_features, bytes_features = {}, {}, {}
+    for name, values in features.items():
+        kind = values.dtype.kind if isinstance(values, np.ndarray) else "O"
+        if kind == "f":
+            float_features[name] = values
+        elif kind in "iub":
+            int_features[name] = values
+        else:
+            bytes_features[name] = values
+    return serialize_int_examples(int_features, float_features, bytes_features)
+
+
+def _num_records(features: Mapping) -> int:
+    counts = {len(values) for values in features.values()}
+    if len(counts) != 1:
+        raise ValueError(f"features disagree on the number of records: {sorted(counts)}")
+    return counts.pop()
+
+
+def write_sharded(records_or_features: PackedRecords | Sequence[bytes] | Mapping[str, np.ndarray | Sequence],
+                  output_prefix: str | os.PathLike, num_shards: int) -> list[str]:
+    """Writes records (serialized, or features as for `serialize_examples`) into `num_shards` TFRecord files.
+
+    Record i goes to shard i % num_shards (Google BERT's writer), so every shard samples the whole sequence.
+    All files appear together or not at all. Returns the paths (`sharded_paths`).
+    """
+    paths = sharded_paths(output_prefix, num_shards)
+    if isinstance(records_or_features, Mapping):
+        features = records_or_features
+        total = _num_records(features)
+        chunks = (serialize_examples({name: values[begin:begin + _RECORDS_PER_SERIALIZE_CHUNK]
+                                      for name, values in features.items()})
+                  for begin in range(0, total, _RECORDS_PER_SERIALIZE_CHUNK))
+    else:
+        records = records_or_features
+        if not isinstance(records, PackedRecords):
+            records = PackedRecords.from_list(list(records))
+        chunks = [records]
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(atomic_tfrecord_writer(path)) for path in paths]
+        written = 0
+        for chunk in chunks:
+            shard_of_record = (written + np.arange(len(chunk))) % num_shards
+            for shard, writer in enumerate(writers):
+                selected = np.flatnonzero(shard_of_record == shard)
+                if len(selected):
+                    writer.write_framed(frame_records(select_records(chunk, selected)), len(selected))
+            written += len(chunk)
+    return paths
+
+
+def select_records(records: PackedRecords, indices: np.ndarray) -> PackedRecords:
+    """The records at `indices` (in that order) as a new `PackedRecords`."""
+    indices = np.asarray(indices, dtype=np.int64)
+    lengths = records.lengths.astype(np.int64)
+    starts = np.cumsum(lengths) - lengths
+    picked_lengths = lengths[indices]
+    if len(indices) == 0 or int(picked_lengths.sum()) == 0:
+        return PackedRecords(np.zeros(0, dtype=np.uint8), picked_lengths)
+    # Byte positions of the picked records, built as one ramp per record.
+    offsets = np.repeat(starts[indices] - (np.cumsum(picked_lengths) - picked_lengths), picked_lengths)
+    positions = np.arange(int(picked_lengths.sum()), dtype=np.int64) + offsets
+    return PackedRecords(records.data[positions], picked_lengths)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Reading with tf.data.
 
 
@@ -446,11 +577,15 @@ def _expand_file_patterns(file_patterns) -> list[str]:
 
 def make_dataset(file_patterns, feature_spec: Mapping, batch_size: int, is_training: bool, seed: int | None = None,
                  shuffle_buffer: int = 10000, input_context=None, drop_remainder: bool | None = None,
-                 repeat: bool | None = None):
+                 repeat: bool | None = None, cycle_length: int | None = 4):
     """Batched, parsed tf.data pipeline over TFRecord files.
 
-    Sharded by `input_context` (files when there are enough of them, records otherwise); training shuffles with
-    `shuffle_buffer` and `seed` and repeats forever; int64 features are cast to int32.
+    Training follows Google BERT's `input_fn_builder`: the file list is shuffled (seeded, anew every epoch) and
+    `cycle_length` files are read interleaved record by record (deterministic for a seed) before the record shuffle
+    (`shuffle_buffer`, `seed`), so the buffer mixes several files instead of one file after another; epochs repeat
+    forever, each a new order of every record. Evaluation reads the files one after another in order. Sharded by `input_context`: whole files
+    when there are enough of them, otherwise every file's records are dealt round-robin to the pipelines.
+    int64 features are cast to int32.
     """
     tf = _tf()
     files = _expand_file_patterns(file_patterns)
@@ -458,19 +593,28 @@ def make_dataset(file_patterns, feature_spec: Mapping, batch_size: int, is_train
     repeat = is_training if repeat is None else repeat
     num_pipelines = input_context.num_input_pipelines if input_context is not None else 1
     pipeline_id = input_context.input_pipeline_id if input_context is not None else 0
+    shard_files = num_pipelines > 1 and len(files) >= num_pipelines
+    if shard_files:
+        files = files[pipeline_id::num_pipelines]  # whole files per pipeline: no wasted reads
+
+    def read_file(path):
+        records = tf.data.TFRecordDataset(path)
+        if num_pipelines > 1 and not shard_files:
+            records = records.shard(num_pipelines, pipeline_id)
+        return records
 
     dataset = tf.data.Dataset.from_tensor_slices(files)
-    if num_pipelines > 1 and len(files) >= num_pipelines:
-        dataset = dataset.shard(num_pipelines, pipeline_id)  # whole files per pipeline: no wasted reads
-        dataset = tf.data.TFRecordDataset(dataset)
-    else:
-        dataset = tf.data.TFRecordDataset(dataset)
-        if num_pipelines > 1:
-            dataset = dataset.shard(num_pipelines, pipeline_id)
     if is_training:
+        file_seed = None if seed is None else seed + 1  # not the record shuffle's seed: independent orders
+        dataset = dataset.shuffle(len(files), seed=file_seed, reshuffle_each_iteration=True)
+        cycle = max(1, min(int(cycle_length or 1), len(files)))
+        dataset = dataset.interleave(read_file, cycle_length=cycle, block_length=1,
+                                     num_parallel_calls=cycle if cycle > 1 else None, deterministic=True)
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    else:
+        dataset = dataset.flat_map(read_file)
     if repeat:
-        dataset = dataset.repeat()
+        dataset = dataset.repeat()  # after the shuffles: each epoch holds every record once, in a new order
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     # Parsing whole batches is much faster than parsing one Example at a time.
     dataset = dataset.map(lambda serialized: parse_int_features(serialized, feature_spec),
