@@ -155,7 +155,14 @@ class BertEncoder(keras.Model):
         embeddings = self.embeddings_layer_norm(embeddings)
         return self.embeddings_dropout(embeddings, training=training)
 
-    def call(self, inputs, training=None, return_attention=False):
+    def call(self, inputs, training=None, return_attention=False, num_layers=None):
+        """`num_layers`: run only the first blocks (for embeddings pooled from a lower layer); then
+        `hidden_states` has `num_layers + 1` entries and, when blocks were skipped, no `pooled_output`."""
+        blocks = self.transformer_layers
+        if num_layers is not None:
+            if not 0 <= num_layers <= len(blocks):
+                raise ValueError(f"num_layers={num_layers} is outside 0..{len(blocks)}")
+            blocks = blocks[:num_layers]
         input_ids, segment_ids, input_mask = self._unpack(inputs)
         if input_mask is None:
             input_mask = ops.ones_like(input_ids)
@@ -165,7 +172,7 @@ class BertEncoder(keras.Model):
         hidden = self.embed(input_ids, segment_ids, training=training)
         hidden_states = [hidden]
         attention_probs = []
-        for layer in self.transformer_layers:
+        for layer in blocks:
             if return_attention:
                 hidden, probs = layer(hidden, padding_mask=padding_mask, training=training,
                                       return_attention_scores=True)
@@ -175,7 +182,7 @@ class BertEncoder(keras.Model):
             hidden_states.append(hidden)
 
         outputs = {"sequence_output": hidden, "hidden_states": hidden_states}
-        if self.pooler_dense is not None:
+        if self.pooler_dense is not None and len(blocks) == len(self.transformer_layers):
             outputs["pooled_output"] = self.pooler_dense(hidden[:, 0, :])
         if return_attention:
             outputs["attention_probs"] = attention_probs
