@@ -1,0 +1,148 @@
+r"""Masked-LM + next-sentence pre-training TFRecords from danmaku, with Google BERT's command line.
+
+    python -m danmaku.create_pretraining_data --input_file='comments/*.txt' \
+        --output_file=data/danmaku.tfrecord --vocab_file=chinese_L-12_H-768_A-12/vocab.txt \
+        --do_lower_case --max_seq_length=128 --max_predictions_per_seq=20 --masked_lm_prob=0.15 \
+        --dupe_factor=5 --short_seq_prob=0.1 --random_seed=12345 --num_shards=8 [--drop_oov_comments]
+
+A document is one video or live stream (blank-line separated in text files, one CSV file each with
+`--input_format=csv`); its comments are the "sentences" of Google's algorithm
+(`common.pretraining_data`). Output: `<output_file without .tfrecord>-0000i-of-0000n.tfrecord`.
+Without a vocabulary, `--build_vocab=N` computes an N-token character (or WordPiece) vocabulary from
+the corpus and writes it to `--vocab_file` (default: `vocab.txt` beside the output).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a file: `python danmaku/create_pretraining_data.py`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import cli  # noqa: E402
+
+cli.quiet_tensorflow()
+
+import json  # noqa: E402
+
+from absl import flags, logging  # noqa: E402
+
+from common.cli import UserError  # noqa: E402
+from common.tokenization import (BertTokenizer, VocabError, compute_char_vocabulary,  # noqa: E402
+                                 compute_wordpiece_vocabulary)
+from danmaku.corpus import INPUT_FORMATS, DanmakuCorpus  # noqa: E402
+from danmaku.files import output_prefix_of  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+# Google's flags, same names and meanings (dupe_factor defaults to the danmaku run's 5).
+flags.DEFINE_string("input_file", None, "Input danmaku file(s): comma-separated files or globs.")
+flags.DEFINE_string("output_file", None, "Output TFRecord name; shards are named <stem>-0000i-of-0000n.tfrecord.")
+flags.DEFINE_string("vocab_file", None, "The vocabulary the BERT model was trained on (or where --build_vocab writes).")
+flags.DEFINE_bool("do_lower_case", True, "Lower-case the input text (Google's Chinese model: True).")
+flags.DEFINE_bool("do_whole_word_mask", False, "Mask whole words (all ## pieces of a word together).")
+flags.DEFINE_integer("max_seq_length", 128, "Maximum sequence length.")
+flags.DEFINE_integer("max_predictions_per_seq", 20, "Maximum number of masked LM predictions per sequence.")
+flags.DEFINE_integer("random_seed", 12345, "Random seed for data generation.")
+flags.DEFINE_integer("dupe_factor", 5, "Number of times to duplicate the input data (with different masks).")
+flags.DEFINE_float("masked_lm_prob", 0.15, "Masked LM probability.")
+flags.DEFINE_float("short_seq_prob", 0.1, "Probability of creating sequences shorter than the maximum length.")
+# Ours.
+flags.DEFINE_integer("num_shards", 1, "Number of output TFRecord shards.")
+flags.DEFINE_integer("num_workers", None, "Worker processes writing shards (default: all cores).")
+flags.DEFINE_enum("input_format", "txt", list(INPUT_FORMATS),
+                  "txt: one comment a line, blank lines between documents; "
+                  "csv: text,video_seconds,YYYY-MM-DD HH:MM:SS lines, one document a file.")
+flags.DEFINE_bool("drop_oov_comments", False,
+                  "Drop comments holding characters the vocabulary lacks (e.g. emoji) instead of "
+                  "keeping them as [UNK].")
+flags.DEFINE_integer("build_vocab", 0, "Build an N-token vocabulary from the corpus (0: use --vocab_file).")
+flags.DEFINE_enum("vocab_type", "char", ["char", "wordpiece"],
+                  "Vocabulary --build_vocab computes: one token per character/word, or WordPiece.")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+
+def build_vocabulary(input_files, input_format: str, vocab_size: int, vocab_type: str, lowercase: bool,
+                     output_path: str) -> list[str]:
+    """A vocabulary of the corpus' comments, written to `output_path` (which must not exist yet)."""
+    if os.path.exists(output_path):
+        raise UserError(f"{output_path}: already exists; give --vocab_file without --build_vocab "
+                        "to use it, or another path to build a new one")
+    comments = DanmakuCorpus(input_files, input_format).comments()
+    try:
+        if vocab_type == "char":
+            return compute_char_vocabulary(lines=comments, vocab_size=vocab_size, lowercase=lowercase,
+                                           output_path=output_path)
+        return compute_wordpiece_vocabulary(vocab_size, lines=comments, lowercase=lowercase,
+                                            output_path=output_path)
+    except ValueError as error:
+        raise UserError(f"--build_vocab={vocab_size}: {error}") from None
+
+
+def create_pretraining_data(input_files, output_file: str, vocab_file: str | None = None, *,
+                            do_lower_case: bool = True, input_format: str = "txt",
+                            drop_oov_comments: bool = False, build_vocab: int = 0,
+                            vocab_type: str = "char", num_shards: int = 1, num_workers: int | None = None,
+                            progress: bool = True, **instance_kwargs) -> dict:
+    """Danmaku files -> sharded pre-training TFRecords; returns the statistics (also logged).
+
+    `instance_kwargs` go to `common.pretraining_data.create_training_instances` (max_seq_length,
+    max_predictions_per_seq, masked_lm_prob, dupe_factor, short_seq_prob, random_seed,
+    do_whole_word_mask). The whole corpus is read once first, so a malformed line fails before
+    anything is written.
+    """
+    from common.pretraining_data import write_pretraining_data
+
+    prefix = output_prefix_of(output_file)
+    if build_vocab:
+        vocab_file = vocab_file or os.path.join(os.path.dirname(os.path.abspath(output_file)), "vocab.txt")
+        vocab = build_vocabulary(input_files, input_format, build_vocab, vocab_type, do_lower_case, vocab_file)
+        logging.info("built a %d-token %s vocabulary: %s", len(vocab), vocab_type, vocab_file)
+    elif not vocab_file:
+        raise UserError("give --vocab_file (e.g. chinese_L-12_H-768_A-12/vocab.txt) or --build_vocab=N")
+    try:
+        tokenizer = BertTokenizer.from_vocab_file(vocab_file, lowercase=do_lower_case)
+    except VocabError as error:
+        raise UserError(str(error)) from None
+
+    corpus = DanmakuCorpus(input_files, input_format, tokenize=tokenizer.tokenize,
+                           drop_oov_comments=drop_oov_comments)
+    corpus_stats = corpus.scan()
+    if corpus_stats.documents < 2:
+        # Random-next segments come from another document (one video: a blank-line block or a CSV file).
+        raise UserError(f"{', '.join(corpus.files)}: {corpus_stats.documents} document(s) with comments; "
+                        "next-sentence instances need at least 2")
+    logging.info("corpus: %s", corpus_stats.as_dict())
+    write_stats = write_pretraining_data(corpus, prefix, vocab_file, tokenize=tokenizer.tokenize,
+                                         num_shards=num_shards, num_workers=num_workers, progress=progress,
+                                         **instance_kwargs)
+    stats = {**corpus_stats.as_dict(), **write_stats, "vocab_file": vocab_file}
+    return stats
+
+
+def main(argv):
+    del argv
+    for name in ("input_file", "output_file"):
+        if not FLAGS[name].value:
+            raise UserError(f"--{name} is required")
+    stats = create_pretraining_data(
+        FLAGS.input_file, FLAGS.output_file, FLAGS.vocab_file, do_lower_case=FLAGS.do_lower_case,
+        input_format=FLAGS.input_format, drop_oov_comments=FLAGS.drop_oov_comments,
+        build_vocab=FLAGS.build_vocab, vocab_type=FLAGS.vocab_type, num_shards=FLAGS.num_shards,
+        num_workers=FLAGS.num_workers, progress=FLAGS.progress, max_seq_length=FLAGS.max_seq_length,
+        max_predictions_per_seq=FLAGS.max_predictions_per_seq, masked_lm_prob=FLAGS.masked_lm_prob,
+        dupe_factor=FLAGS.dupe_factor, short_seq_prob=FLAGS.short_seq_prob, random_seed=FLAGS.random_seed,
+        do_whole_word_mask=FLAGS.do_whole_word_mask)
+    dropped = (f", dropped {stats['dropped_oov_comments']} out-of-vocabulary comments"
+               if FLAGS.drop_oov_comments else f", kept {stats['oov_comments_kept']} comments with [UNK]")
+    print(f"documents {stats['documents']}, comments {stats['comments']}{dropped}, "
+          f"instances {stats['instances']}, masked tokens {stats['masked_tokens']}, "
+          f"masked [UNK] share {stats['masked_unk_share']:.4%}")
+    for path in stats.get("files", []):
+        print(f"wrote {path}")
+    print(json.dumps({key: value for key, value in stats.items() if key != "files"}, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,107 @@
+"""Loading an encoder + tokenizer the way bert-as-service did: a model folder, optionally a tuned checkpoint.
+
+`model_dir` is a Google release (`bert_config.json`, `bert_model.ckpt.*`, `vocab.txt`, e.g.
+`chinese_L-12_H-768_A-12`), a folder `danmaku.run_pretraining` wrote (`bert_config.json`, `vocab.txt`,
+`model.ckpt-N` in Google's names and our resumable `ckpt-N`), or a Hugging Face / keras-hub folder.
+As in bert-as-service, the configuration and vocabulary always come from `model_dir`, the weights
+from `tuned_model_dir/ckpt_name` when a tuned model is given.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from common.checkpoints import (GOOGLE_CHECKPOINT_NAME, GOOGLE_CONFIG_FILE, load_google_checkpoint,
+                                load_pretrained_folder)
+from common.cli import UserError
+from common.config import BertConfig
+from common.encoder import BertEncoder
+from common.tokenization import BertTokenizer
+
+
+class LoadedModel(NamedTuple):
+    config: BertConfig
+    encoder: BertEncoder
+    tokenizer: BertTokenizer
+    weights: str  # where the weights came from (for logs and /status)
+
+
+def _is_google_checkpoint(prefix: str) -> bool:
+    if not tf.io.gfile.exists(prefix + ".index"):
+        return False
+    names = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    return "bert/embeddings/word_embeddings" in names
+
+
+def latest_google_checkpoint(folder: str) -> str | None:
+    """The `model.ckpt-N` with the largest N in `folder` (what run_pretraining writes), or None."""
+    best, best_step = None, -1
+    for index_file in tf.io.gfile.glob(os.path.join(folder, "model.ckpt-*.index")):
+        prefix = index_file[: -len(".index")]
+        try:
+            step = int(prefix.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if step > best_step:
+            best, best_step = prefix, step
+    return best
+
+
+def load_weights(source: str, encoder: BertEncoder) -> str:
+    """Google checkpoint prefix or folder, or our training folder -> encoder weights; returns what loaded."""
+    candidates = [source]
+    if tf.io.gfile.isdir(source):
+        candidates = [os.path.join(source, GOOGLE_CHECKPOINT_NAME)]
+        latest = latest_google_checkpoint(source)
+        if latest:
+            candidates.insert(0, latest)
+    for prefix in candidates:
+        if _is_google_checkpoint(prefix):
+            load_google_checkpoint(prefix, encoder)
+            return prefix
+    try:
+        from common.checkpoints import warm_start
+    except ImportError:
+        warm_start = None
+    if warm_start is not None:
+        return warm_start(source, encoder)
+    raise UserError(f"{source}: no Google BERT checkpoint (model.ckpt-N / bert_model.ckpt) found")
+
+
+def load_model(model_dir: str, tuned_model_dir: str | None = None, ckpt_name: str | None = None,
+               config_name: str = GOOGLE_CONFIG_FILE, lowercase: bool | None = None) -> LoadedModel:
+    """bert-as-service's `-model_dir -tuned_model_dir -ckpt_name -config_name` -> LoadedModel."""
+    if not os.path.isdir(model_dir):
+        raise UserError(f"{model_dir}: -model_dir is not a folder")
+    config_path = os.path.join(model_dir, config_name)
+    if os.path.isfile(config_path):
+        config = BertConfig.from_json_file(config_path)
+        encoder = BertEncoder(config)
+        weights = None
+        if not tuned_model_dir:
+            source = os.path.join(model_dir, ckpt_name) if ckpt_name else model_dir
+            weights = load_weights(source, encoder)
+        vocab_folder = model_dir
+        if lowercase is None:
+            name = os.path.basename(os.path.normpath(model_dir)).lower()
+            lowercase = "uncased" in name or "cased" not in name  # Google's naming: uncased unless "cased"
+    else:
+        pretrained = load_pretrained_folder(model_dir)
+        config, encoder, weights = pretrained.config, pretrained.encoder, model_dir
+        vocab_folder = model_dir
+        lowercase = pretrained.lowercase if lowercase is None else lowercase
+        if pretrained.vocab_path and not os.path.isfile(os.path.join(model_dir, "vocab.txt")):
+            tokenizer = BertTokenizer.from_vocab_file(pretrained.vocab_path, lowercase=lowercase)
+            vocab_folder = None
+    if tuned_model_dir:
+        source = os.path.join(tuned_model_dir, ckpt_name) if ckpt_name else tuned_model_dir
+        weights = load_weights(source, encoder)
+    if vocab_folder is not None:
+        tokenizer = BertTokenizer.from_pretrained_dir(vocab_folder, lowercase=lowercase)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise UserError(f"{model_dir}: the vocabulary has {tokenizer.vocab_size} tokens but the config says "
+                        f"vocab_size={config.vocab_size}")
+    return LoadedModel(config, encoder, tokenizer, weights)
