@@ -20,6 +20,8 @@ import keras
 import keras_hub
 import numpy as np
 import tensorflow as tf
+from absl import logging
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from common.config import BertConfig
 from common.encoder import LAYER_NORM_EPSILON, BertEncoder
@@ -32,12 +34,210 @@ def make_checkpoint_manager(directory: str, max_to_keep: int = 5, **trackables):
     return checkpoint, manager
 
 
+class CheckpointMismatchError(ValueError):
+    """Weights that do not fit the model; the message lists every problem at once."""
+
+
 def restore_latest(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager):
-    """Restores the newest checkpoint in the manager's directory; returns its path or None."""
+    """Restores the newest checkpoint in the manager's directory; returns its path or None.
+
+    All or nothing: see `restore_checkpoint`.
+    """
     path = manager.latest_checkpoint
     if path:
-        checkpoint.restore(path).expect_partial()
+        restore_checkpoint(checkpoint, path)
     return path
+
+
+def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str, allow_unused: bool = False) -> None:
+    """Restores `path` into `checkpoint` only if every variable of it has a value of the same shape.
+
+    Matching is tf.train.Checkpoint's own: by attribute names from the root. Before anything is
+    assigned, a single `CheckpointMismatchError` names the model variables the checkpoint lacks
+    ("missing"), the checkpoint values no variable takes ("unused"; only under the root names that
+    `checkpoint` has, so `Checkpoint(model=m)` may read a checkpoint of model+optimizer+step;
+    `allow_unused=True` accepts every extra value) and shape mismatches. A changed set of trainable
+    variables (e.g. `freeze_encoder` with other settings on resume) is reported as such.
+    """
+    graph = _ObjectGraph(path)
+    problems = _compare_with_checkpoint(graph, checkpoint, allow_unused=allow_unused)
+    if problems:
+        raise CheckpointMismatchError(f"checkpoint {path} does not match the model:\n" + problems)
+    checkpoint.restore(path).expect_partial()
+
+
+_OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+_VARIABLE_VALUE = "VARIABLE_VALUE"
+_MAX_LISTED = 30
+
+
+def _is_variable(value) -> bool:
+    return isinstance(value, (tf.Variable, keras.Variable))
+
+
+def _live_children(value) -> dict:
+    if _is_variable(value):
+        return {}
+    return dict(tf.train.TrackableView(value).children(value))
+
+
+class _ObjectGraph:
+    """The object graph of a `tf.train.Checkpoint` file: nodes, their named children, their values."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.reader = tf.train.load_checkpoint(path)
+        self.shapes = self.reader.get_variable_to_shape_map()
+        if _OBJECT_GRAPH_KEY not in self.shapes:
+            raise CheckpointMismatchError(
+                f"{path} is not a tf.train.Checkpoint (no object graph): a Google/TF1 checkpoint loads "
+                f"with load_google_checkpoint or warm_start")
+        self.dtypes = self.reader.get_variable_to_dtype_map()
+        self.nodes = trackable_object_graph_pb2.TrackableObjectGraph.FromString(
+            self.reader.get_tensor(_OBJECT_GRAPH_KEY)).nodes
+
+    def children(self, node_id: int) -> dict[str, int]:
+        return {child.local_name: child.node_id for child in self.nodes[node_id].children}
+
+    def value_key(self, node_id: int) -> str | None:
+        for attribute in self.nodes[node_id].attributes:
+            if attribute.name == _VARIABLE_VALUE:
+                return attribute.checkpoint_key
+        return None
+
+    def node_at(self, path: str, start: int = 0) -> int | None:
+        node = start
+        for name in filter(None, path.split("/")):
+            node = self.children(node).get(name)
+            if node is None:
+                return None
+        return node
+
+
+def _first_paths(root, children_fn, key_fn, names=None) -> dict:
+    """Depth-first, children in their order: key -> (first path reaching it, object)."""
+    found = {}
+    stack = [("", root)]
+    while stack:
+        path, value = stack.pop()
+        key = key_fn(value)
+        if key in found:
+            continue
+        found[key] = (path, value)
+        children = list(children_fn(value).items())
+        if not path and names is not None:
+            children = [(name, child) for name, child in children if name in names]
+        for name, child in reversed(children):
+            stack.append((f"{path}/{name}" if path else name, child))
+    return found
+
+
+def _format_items(items: list[str]) -> list[str]:
+    lines = [f"    {item}" for item in items[:_MAX_LISTED]]
+    if len(items) > _MAX_LISTED:
+        lines.append(f"    ... and {len(items) - _MAX_LISTED} more")
+    return lines
+
+
+def _compare_with_checkpoint(graph: _ObjectGraph, root, allow_unused: bool = False) -> str:
+    """'' when every variable under `root` has a same-shaped value in `graph`; else the problems."""
+    # 1. Pair checkpoint nodes with live objects, walking both graphs by child names.
+    # Depth-first with the root's children in order (model before optimizer), so a variable pairs
+    # with the node its model path reaches, not one that the optimizer's positional lists point to.
+    visited, live_to_node = set(), {}
+    stack = [(0, root)]
+    while stack:
+        node_id, value = stack.pop()
+        live_to_node.setdefault(id(value), node_id)
+        if (node_id, id(value)) in visited:
+            continue
+        visited.add((node_id, id(value)))
+        live = _live_children(value)
+        for name, child_id in reversed(list(graph.children(node_id).items())):
+            if name in live:
+                stack.append((child_id, live[name]))
+    used_nodes = set(live_to_node.values())
+
+    # 2. Every live variable with a readable path; every checkpoint value under the root names we have.
+    live_paths = _first_paths(root, _live_children, id)
+    live_variables = {key: item for key, item in live_paths.items() if _is_variable(item[1])}
+    root_names = set(_live_children(root)) - {"save_counter"}
+    node_paths = _first_paths(0, graph.children, lambda node: node, names=root_names)
+    checkpoint_values = {node: path for node, (path, _) in node_paths.items() if graph.value_key(node)}
+
+    def live_path(value) -> str:
+        return live_paths.get(id(value), ("?", None))[0]
+
+    missing, unused, wrong_shape = [], [], []
+    for key, (path, variable) in live_variables.items():
+        node = live_to_node.get(key)
+        value_key = None if node is None else graph.value_key(node)
+        if value_key is None:
+            missing.append((path, f"{path} {_format_shape(_shape(variable))}"))
+            continue
+        found = tuple(graph.shapes[value_key])
+        if found != _shape(variable):
+            wrong_shape.append((path, f"{path}: model {_format_shape(_shape(variable))}, "
+                                      f"checkpoint {_format_shape(found)}"))
+    if not allow_unused:
+        for node, path in checkpoint_values.items():
+            if node not in used_nodes:
+                unused.append((path, f"{path} {_format_shape(graph.shapes[graph.value_key(node)])}"))
+
+    # 3. The optimizer's list of trained variables, as recorded and as now (freezing changes it).
+    trainable_lines = []
+    for path, value in live_paths.values():
+        if not path.endswith("/_trainable_variables") or _is_variable(value):
+            continue
+        node = graph.node_at(path)
+        if node is None:
+            continue
+        recorded = [node_paths.get(child, (f"<node {child}>",))[0]
+                    for child in graph.children(node).values()]
+        now = [live_path(variable) for variable in _live_children(value).values()]
+        if recorded == now:
+            continue
+        # Only variables both sides have: added or removed layers are reported below as such.
+        in_checkpoint = {path for path, _ in node_paths.values()}
+        in_model = {path for path, _ in live_variables.values()}
+        newly_trained = sorted(set(now) - set(recorded) & in_checkpoint)
+        newly_frozen = sorted(set(recorded) - set(now) & in_model)
+        if newly_trained or newly_frozen:
+            trainable_lines.append(f"  the set of trainable variables differs from the checkpoint's "
+                                   f"({path}; freeze_encoder with other settings?):")
+            for title, items in (("trainable now, frozen in the checkpoint", newly_trained),
+                                 ("frozen now, trainable in the checkpoint", newly_frozen)):
+                if items:
+                    trainable_lines.append(f"   {title} ({len(items)}):")
+                    trainable_lines += _format_items(items)
+
+    # Optimizer slots are positional: once the model or its trainable set differs they cannot
+    # match either, so they are only counted then.
+    def is_optimizer(path: str) -> bool:
+        return path.split("/", 1)[0] == "optimizer"
+
+    model_problems = [group for group in (missing, unused, wrong_shape)
+                      if any(not is_optimizer(path) for path, _ in group)]
+    summarise_optimizer = bool(model_problems or trainable_lines)
+    lines = list(trainable_lines)
+    hidden = 0
+    for title, group in (("missing from the checkpoint", missing), ("unused checkpoint values", unused),
+                         ("shape mismatches", wrong_shape)):
+        items = [text for path, text in sorted(group)
+                 if not (summarise_optimizer and is_optimizer(path))]
+        hidden += len(group) - len(items)
+        if items:
+            lines.append(f"  {title} ({len(items)}):")
+            lines += _format_items(items)
+    if hidden:
+        lines.append(f"  (and {hidden} optimizer values that differ because of the above)")
+    if unused and any(is_optimizer(path) for path, _ in unused):
+        optimizer = _live_children(root).get("optimizer")
+        if optimizer is not None and not getattr(optimizer, "built", True):
+            lines.append("  the optimizer is not built yet: call optimizer.build(model.trainable_variables) "
+                         "before restoring")
+    return "\n".join(lines)
+
 
 
 # ==============================================================================================
@@ -47,10 +247,6 @@ def restore_latest(checkpoint: tf.train.Checkpoint, manager: tf.train.Checkpoint
 GOOGLE_CONFIG_FILE = "bert_config.json"
 GOOGLE_CHECKPOINT_NAME = "bert_model.ckpt"
 GOOGLE_VOCAB_FILE = "vocab.txt"
-
-
-class CheckpointMismatchError(ValueError):
-    """Pretrained weights that do not fit the model; the message lists every problem at once."""
 
 
 class PretrainedBert(NamedTuple):
@@ -452,3 +648,390 @@ def load_pretrained_folder(folder: str | os.PathLike) -> PretrainedBert:
     encoder = BertEncoder(config)
     load_keras_hub_backbone(backbone, encoder)
     return PretrainedBert(config, encoder, vocab_path, lowercase)
+
+
+# ---- Hugging Face heads ----------------------------------------------------------------------
+
+def _hugging_face_head_arrays(folder: str, encoder: BertEncoder, masked_lm_head=None,
+                              next_sentence_head=None) -> list[tuple[keras.Variable, np.ndarray, str]]:
+    """(variable, value, tensor name) for the asked heads from `model.safetensors`, all checked first.
+
+    Hugging Face's `BertForPreTraining` / `BertForMaskedLM` keep the MLM head as `cls.predictions.*`
+    (transform dense + LayerNorm, output bias; the decoder matrix is tied to the word embeddings)
+    and the NSP head as `cls.seq_relationship.*`. Linear weights are [out, in]: transposed here.
+    """
+    path = os.path.join(folder, "model.safetensors")
+    if not os.path.isfile(path):
+        raise CheckpointMismatchError(f"{folder}: the heads load from model.safetensors, which is absent")
+    from safetensors import safe_open
+
+    with safe_open(path, framework="np") as handle:
+        names = set(handle.keys())
+        wanted = []  # (hf name or alternatives, variable, transpose)
+        if masked_lm_head is not None:
+            if masked_lm_head.token_embedding is not encoder.token_embedding:
+                raise ValueError("masked_lm_head must be tied to this encoder's token_embedding "
+                                 "(build it with common.heads.masked_lm_head(encoder))")
+            wanted += [
+                (("cls.predictions.transform.dense.weight",), masked_lm_head._intermediate_dense.kernel, True),
+                (("cls.predictions.transform.dense.bias",), masked_lm_head._intermediate_dense.bias, False),
+                (("cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.LayerNorm.gamma"),
+                 masked_lm_head._intermediate_layer_norm.gamma, False),
+                (("cls.predictions.transform.LayerNorm.bias", "cls.predictions.transform.LayerNorm.beta"),
+                 masked_lm_head._intermediate_layer_norm.beta, False),
+                (("cls.predictions.bias", "cls.predictions.decoder.bias"), masked_lm_head._bias, False),
+            ]
+        if next_sentence_head is not None:
+            wanted += [(("cls.seq_relationship.weight",), next_sentence_head.kernel, True),
+                       (("cls.seq_relationship.bias",), next_sentence_head.bias, False)]
+        problems, loaded = [], []
+        for alternatives, variable, transpose in wanted:
+            name = next((candidate for candidate in alternatives if candidate in names), None)
+            expected = _shape(variable)[::-1] if transpose else _shape(variable)
+            if name is None:
+                problems.append(f"{alternatives[0]}: missing (expected shape {_format_shape(expected)})")
+                continue
+            value = handle.get_tensor(name)
+            if tuple(value.shape) != expected:
+                problems.append(f"{name}: expected {_format_shape(expected)}, found {_format_shape(value.shape)}")
+                continue
+            loaded.append((variable, (value.T if transpose else value).astype(variable.dtype), name))
+    if problems:
+        raise CheckpointMismatchError(f"{path} does not match the heads:\n  " + "\n  ".join(problems)
+                                      + "\n  (Hugging Face BertModel folders have no heads; "
+                                        "BertForPreTraining / BertForMaskedLM folders do)")
+    return loaded
+
+
+def load_hugging_face_folder(folder: str | os.PathLike, encoder: BertEncoder, masked_lm_head=None,
+                             next_sentence_head=None) -> list[str]:
+    """Loads a Hugging Face BERT folder (or keras-hub preset, encoder only) into `encoder` (+ heads).
+
+    Everything is checked before anything is assigned. Returns the names of what was loaded.
+    The encoder keeps its own `hidden_act`; `load_pretrained_folder` builds one with the folder's.
+    """
+    folder = os.fspath(folder)
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{folder}: no config.json (not a Hugging Face / keras-hub folder)")
+    raw_config = _read_json(config_path)
+    is_hugging_face = "model_type" in raw_config
+    heads = []
+    if is_hugging_face:
+        _check_hugging_face_config(raw_config, config_path)
+        if masked_lm_head is not None or next_sentence_head is not None:
+            heads = _hugging_face_head_arrays(folder, encoder, masked_lm_head, next_sentence_head)
+    elif masked_lm_head is not None or next_sentence_head is not None:
+        raise CheckpointMismatchError(f"{folder}: a keras-hub backbone preset holds no pre-training heads")
+    backbone = keras_hub.models.BertBackbone.from_preset(folder)
+    load_keras_hub_backbone(backbone, encoder)
+    for variable, value, _ in heads:
+        variable.assign(value)
+    return [variable.path for variable in encoder.weights] + [name for _, _, name in heads]
+
+
+# ---- our own checkpoints as a warm start -----------------------------------------------------
+
+def load_model_checkpoint(path: str, encoder: BertEncoder, masked_lm_head=None,
+                          next_sentence_head=None) -> list[str]:
+    """Restores the encoder (+ heads) of a `tf.train.Checkpoint(model=...)` written by `train()`.
+
+    The saved model is a Keras model whose `.encoder` is the BertEncoder (BertPretrainer,
+    BertClassifier, Bert4Rec: heads `.masked_lm`, `.next_sentence`) or a bare BertEncoder. Every
+    variable asked for must be in the checkpoint with its shape (else `CheckpointMismatchError`,
+    nothing assigned); the optimizer, step and other heads are ignored. Returns the restored paths.
+    """
+    graph = _ObjectGraph(path)
+    model_node = graph.children(0).get("model")
+    if model_node is None:
+        raise CheckpointMismatchError(f"checkpoint {path} has no 'model' (its objects: "
+                                      f"{', '.join(sorted(graph.children(0)))})")
+    saved_parts = graph.children(model_node)
+    if "encoder" in saved_parts:
+        parts = {"encoder": encoder}
+        for name, head in (("masked_lm", masked_lm_head), ("next_sentence", next_sentence_head)):
+            if head is None:
+                continue
+            if name not in saved_parts:
+                raise CheckpointMismatchError(
+                    f"checkpoint {path} has no {name} head: its model holds {', '.join(sorted(saved_parts))}")
+            parts[name] = head
+        model = tf.train.Checkpoint(**parts)
+    elif "token_embedding" in saved_parts:
+        if masked_lm_head is not None or next_sentence_head is not None:
+            raise CheckpointMismatchError(f"checkpoint {path} holds a bare encoder: no heads to load")
+        model = encoder
+    else:
+        raise CheckpointMismatchError(f"checkpoint {path}: its model has neither an encoder nor embeddings "
+                                      f"(it holds {', '.join(sorted(saved_parts))})")
+    root = tf.train.Checkpoint(model=model)
+    problems = _compare_with_checkpoint(graph, root, allow_unused=True)
+    if problems:
+        raise CheckpointMismatchError(f"checkpoint {path} does not match the model:\n" + problems)
+    root.read(path).expect_partial()
+    live = _first_paths(root, _live_children, id)
+    return sorted(path for path, value in live.values() if _is_variable(value))
+
+
+# ---- bert-chainer npz --------------------------------------------------------------------------
+
+CHAINER_NPZ_NAME = "arrays_bert_model.ckpt.npz"
+
+# bert-chainer's convert_tf_checkpoint_to_chainer.py renames Google's tensors by these rules
+# (dense kernels become Chainer `W` = kernel transposed, `bias` -> `b`).
+_CHAINER_LAYER_PARTS = {
+    "attention/self/query/": "attention/query/",
+    "attention/self/key/": "attention/key/",
+    "attention/self/value/": "attention/value/",
+    "attention/output/dense/": "attention_output_dense/",
+    "attention/output/LayerNorm/": "attention_output_ln/",
+    "intermediate/dense/": "intermediate_dense1/",
+    "output/dense/": "intermediate_dense2/",
+    "output/LayerNorm/": "intermediate_ln/",
+}
+_CHAINER_FIXED_NAMES = {
+    "bert/embeddings/word_embeddings": "bert/word_embeddings/W",
+    "bert/embeddings/token_type_embeddings": "bert/token_type_embeddings/W",
+    "bert/embeddings/position_embeddings": "bert/position_embeddings/W",
+    "bert/embeddings/LayerNorm/gamma": "bert/post_embedding_ln/gamma",
+    "bert/embeddings/LayerNorm/beta": "bert/post_embedding_ln/beta",
+    "bert/pooler/dense/kernel": "bert/pooler/W",
+    "bert/pooler/dense/bias": "bert/pooler/b",
+    "cls/predictions/transform/dense/kernel": "cls/predictions/transform/dense/W",
+    "cls/predictions/transform/dense/bias": "cls/predictions/transform/dense/b",
+    "cls/predictions/transform/LayerNorm/gamma": "cls/predictions/transform_ln/gamma",
+    "cls/predictions/transform/LayerNorm/beta": "cls/predictions/transform_ln/beta",
+    "cls/predictions/output_bias": "cls/predictions/output_b",
+    "cls/seq_relationship/output_weights": "cls/seq_relationship/output_weights",
+    "cls/seq_relationship/output_bias": "cls/seq_relationship/output_b",
+}
+_LEAF_NAMES = {"kernel": "W", "bias": "b", "gamma": "gamma", "beta": "beta"}
+
+
+def chainer_name(google_name: str) -> tuple[str, bool]:
+    """Google tensor name -> (bert-chainer npz name, whether the array is transposed)."""
+    transposed = google_name.endswith("/kernel")
+    if google_name in _CHAINER_FIXED_NAMES:
+        return _CHAINER_FIXED_NAMES[google_name], transposed
+    prefix, _, rest = google_name.partition("/encoder/")
+    layer, _, part = rest.partition("/")
+    directory, _, leaf = part.rpartition("/")
+    renamed = _CHAINER_LAYER_PARTS.get(directory + "/")
+    if prefix != "bert" or not layer.startswith("layer_") or renamed is None or leaf not in _LEAF_NAMES:
+        raise ValueError(f"no bert-chainer name for {google_name!r}")
+    return f"bert/encoder/{layer}/{renamed}{_LEAF_NAMES[leaf]}", transposed
+
+
+def _chainer_mappings(encoder, masked_lm_head=None, next_sentence_head=None):
+    """(npz name, transposed, Google mapping) for every variable of the encoder and given heads."""
+    result = []
+    for mapping in _google_weight_mappings(encoder, masked_lm_head, next_sentence_head):
+        name, transposed = chainer_name(mapping.checkpoint_name)
+        result.append((name, transposed, mapping))
+    return result
+
+
+def resolve_chainer_npz(path: str | os.PathLike) -> str:
+    """The npz from its path or from a folder holding `arrays_bert_model.ckpt.npz`."""
+    path = os.fspath(path)
+    candidate = os.path.join(path, CHAINER_NPZ_NAME) if os.path.isdir(path) else path
+    if not os.path.isfile(candidate):
+        raise FileNotFoundError(f"no bert-chainer npz at {path}")
+    return candidate
+
+
+def load_chainer_npz(path: str | os.PathLike, encoder: BertEncoder, masked_lm_head=None,
+                     next_sentence_head=None) -> list[str]:
+    """Loads bert-chainer's `arrays_bert_model.ckpt.npz` (Google weights renamed for Chainer).
+
+    All or nothing as `load_google_checkpoint`: missing / wrongly shaped arrays are listed in one
+    `CheckpointMismatchError` and nothing is assigned; extra arrays are ignored. Returns npz names.
+    """
+    path = resolve_chainer_npz(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise CheckpointMismatchError(f"{path}: not a readable npz archive ({error})") from None
+    with archive:
+        available = set(archive.files)
+        missing, wrong_shape, values = [], [], []
+        for name, transposed, mapping in _chainer_mappings(encoder, masked_lm_head, next_sentence_head):
+            expected = mapping.checkpoint_shape[::-1] if transposed else mapping.checkpoint_shape
+            if name not in available:
+                missing.append(f"{name} (expected shape {_format_shape(expected)})")
+                continue
+            array = archive[name]
+            if tuple(array.shape) != tuple(expected):
+                wrong_shape.append(f"{name}: expected {_format_shape(expected)}, found {_format_shape(array.shape)}")
+                continue
+            if not np.issubdtype(array.dtype, np.floating):
+                wrong_shape.append(f"{name}: expected a float array, found {array.dtype}")
+                continue
+            values.append((name, mapping, mapping.to_variable(array.T if transposed else array)))
+    if missing or wrong_shape:
+        lines = [f"bert-chainer npz {path} does not match the model:"]
+        for title, problems in (("missing arrays", missing), ("shape/dtype mismatches", wrong_shape)):
+            if problems:
+                lines.append(f"  {title} ({len(problems)}):")
+                lines += _format_items(problems)
+        if missing:
+            lines.append(f"  the npz holds {len(available)} arrays, e.g. {', '.join(sorted(available)[:5])}")
+        raise CheckpointMismatchError("\n".join(lines))
+    for _, mapping, value in values:
+        mapping.variable.assign(value)
+    return [name for name, _, _ in values]
+
+
+def save_chainer_npz(encoder: BertEncoder, path: str | os.PathLike, masked_lm_head=None,
+                     next_sentence_head=None) -> str:
+    """Writes the weights as bert-chainer's converter would (atomically); returns `path`."""
+    from common.io_utils import atomic_output
+
+    path = os.fspath(path)
+    arrays = {}
+    for name, transposed, mapping in _chainer_mappings(encoder, masked_lm_head, next_sentence_head):
+        array = mapping.to_checkpoint(keras.ops.convert_to_numpy(mapping.variable))
+        arrays[name] = np.ascontiguousarray(array.T if transposed else array)
+    with atomic_output(path, "wb") as handle:
+        np.savez(handle, **arrays)
+    return path
+
+
+# ---- warm start --------------------------------------------------------------------------------
+
+def _is_object_checkpoint(path: str) -> bool:
+    try:
+        return _OBJECT_GRAPH_KEY in tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    except (tf.errors.OpError, ValueError):
+        return False
+
+
+def _warm_start_source(source: str) -> tuple[str, str]:
+    """(kind, path): kind is 'model_checkpoint', 'google', 'chainer' or 'hugging_face'."""
+    if os.path.isfile(source):
+        if source.endswith(".npz"):
+            return "chainer", source
+        if source.endswith(".index") and _is_object_checkpoint(source[:-len(".index")]):
+            return "model_checkpoint", source[:-len(".index")]
+        if source.endswith(".index"):
+            return "google", source[:-len(".index")]
+        raise FileNotFoundError(f"{source}: not a checkpoint (expected a folder, a checkpoint prefix "
+                                f"or a bert-chainer .npz)")
+    if os.path.isdir(source):
+        latest = tf.train.latest_checkpoint(source)
+        if latest and _is_object_checkpoint(latest):
+            return "model_checkpoint", latest
+        if os.path.isfile(os.path.join(source, CHAINER_NPZ_NAME)):
+            return "chainer", os.path.join(source, CHAINER_NPZ_NAME)
+        if latest or os.path.isfile(os.path.join(source, GOOGLE_CHECKPOINT_NAME + ".index")):
+            return "google", resolve_google_checkpoint(source)
+        if os.path.isfile(os.path.join(source, "config.json")):
+            return "hugging_face", source
+        raise FileNotFoundError(
+            f"{source}: no checkpoint in this folder: expected our model folder (tf.train.Checkpoint "
+            f"files + 'checkpoint'), Google's {GOOGLE_CHECKPOINT_NAME}.index, {CHAINER_NPZ_NAME} or a "
+            f"Hugging Face / keras-hub config.json")
+    if tf.io.gfile.exists(source + ".index"):
+        return ("model_checkpoint" if _is_object_checkpoint(source) else "google"), source
+    raise FileNotFoundError(f"no such checkpoint, folder or npz: {source}")
+
+
+def warm_start(source: str | os.PathLike, encoder: BertEncoder, masked_lm_head=None,
+               next_sentence_head=None) -> str:
+    """Initialises `encoder` (and the given heads) from pre-trained weights; returns a log line.
+
+    `source`: one of our model folders or checkpoint prefixes (`tf.train.Checkpoint` written by
+    `common.training.train` with `model=` a model whose `.encoder` is the BertEncoder, e.g. a
+    BertPretrainer; optimizer and step are ignored), a Google TF1 checkpoint (prefix or folder), a
+    Hugging Face / keras-hub folder, or a bert-chainer npz (or a folder holding one).
+    Warm start is not resume: the caller keeps its own optimizer, step counter and model_dir.
+    All or nothing: on any missing or wrongly shaped weight a `CheckpointMismatchError` lists them
+    and nothing is assigned.
+    """
+    kind, path = _warm_start_source(os.fspath(source))
+    if kind == "model_checkpoint":
+        names = load_model_checkpoint(path, encoder, masked_lm_head, next_sentence_head)
+        what = "model checkpoint"
+    elif kind == "google":
+        names = load_google_checkpoint(path, encoder, masked_lm_head, next_sentence_head)
+        what = "Google checkpoint"
+    elif kind == "chainer":
+        names = load_chainer_npz(path, encoder, masked_lm_head, next_sentence_head)
+        what = "bert-chainer npz"
+    else:
+        names = load_hugging_face_folder(path, encoder, masked_lm_head, next_sentence_head)
+        what = "Hugging Face / keras-hub folder"
+    heads = [name for name, head in (("masked-LM head", masked_lm_head),
+                                     ("next-sentence head", next_sentence_head)) if head is not None]
+    message = (f"warm start from {what} {path}: encoder{''.join(', ' + head for head in heads)} "
+               f"({len(names)} tensors)")
+    logging.info(message)
+    return message
+
+
+# ---- model folders -----------------------------------------------------------------------------
+
+MODEL_CONFIG_FILE = GOOGLE_CONFIG_FILE
+MODEL_VOCAB_FILE = GOOGLE_VOCAB_FILE
+MODEL_LABELS_FILE = "labels.json"
+MODEL_RUN_CONFIG_FILE = "run_config.json"
+
+
+class ModelFolder(NamedTuple):
+    config: BertConfig
+    vocab_path: str | None
+    labels: list | None
+    run_config: dict | None
+    checkpoint_path: str | None  # newest tf.train.Checkpoint in the folder; None before training
+
+
+def write_model_folder(model_dir: str | os.PathLike, config: BertConfig, vocab_file: str | None = None,
+                       labels=None, run_config: dict | None = None) -> str:
+    """Writes what rebuilding the model needs beside its checkpoints: `bert_config.json`, a copy
+    of the vocabulary as `vocab.txt`, `labels.json` (list), `run_config.json` (flags). Each file is
+    written atomically; returns `model_dir`."""
+    from common.io_utils import atomic_output, atomic_write_json
+
+    model_dir = os.fspath(model_dir)
+    os.makedirs(model_dir, exist_ok=True)
+    config.to_json_file(os.path.join(model_dir, MODEL_CONFIG_FILE))
+    if vocab_file is not None:
+        vocab_file = os.fspath(vocab_file)
+        target = os.path.join(model_dir, MODEL_VOCAB_FILE)
+        if not os.path.exists(target) or not os.path.samefile(vocab_file, target):
+            with open(vocab_file, "rb") as source, atomic_output(target, "wb") as handle:
+                shutil.copyfileobj(source, handle)
+    if labels is not None:
+        atomic_write_json(os.path.join(model_dir, MODEL_LABELS_FILE), list(labels))
+    if run_config is not None:
+        atomic_write_json(os.path.join(model_dir, MODEL_RUN_CONFIG_FILE), dict(run_config))
+    return model_dir
+
+
+def _read_json_file(path: str):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+
+
+def read_model_folder(model_dir: str | os.PathLike) -> ModelFolder:
+    """What `write_model_folder` wrote, plus the newest checkpoint (None when there is none)."""
+    model_dir = os.fspath(model_dir)
+    config_path = os.path.join(model_dir, MODEL_CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{model_dir}: no {MODEL_CONFIG_FILE}; not a model folder "
+                                f"(written by write_model_folder)")
+    config = BertConfig.from_json_file(config_path)
+    vocab_path = os.path.join(model_dir, MODEL_VOCAB_FILE)
+    labels_path = os.path.join(model_dir, MODEL_LABELS_FILE)
+    run_config_path = os.path.join(model_dir, MODEL_RUN_CONFIG_FILE)
+    labels = _read_json_file(labels_path) if os.path.isfile(labels_path) else None
+    if labels is not None and not isinstance(labels, list):
+        raise ValueError(f"{labels_path}:1: expected a JSON list of labels")
+    run_config = _read_json_file(run_config_path) if os.path.isfile(run_config_path) else None
+    if run_config is not None and not isinstance(run_config, dict):
+        raise ValueError(f"{run_config_path}:1: expected a JSON object")
+    return ModelFolder(config, vocab_path if os.path.isfile(vocab_path) else None, labels, run_config,
+                       tf.train.latest_checkpoint(model_dir))
