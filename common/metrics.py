@@ -149,3 +149,46 @@ def classification_metrics(labels, predictions, num_classes: int | None = None) 
     result["confusion_matrix"] = confusion_matrix(labels, predictions, num_classes).tolist()
     result["num_examples"] = int(np.asarray(labels).size)
     return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Embedding quality (added for bert_dml): leave-one-out nearest-neighbour classification.
+
+
+def knn_accuracy(features, labels, k: int = 10, metric: str = "cosine") -> float:
+    """Leave-one-out k-nearest-neighbour accuracy: each item takes the majority label of its k
+    nearest other items (`metric` "cosine" or "euclidean"); a tied vote goes to the tied label
+    whose nearest member is closest. Items are compared in blocks, so memory stays O(block * n)."""
+    features = np.asarray(features, dtype=np.float64)
+    _, labels = np.unique(np.asarray(labels).reshape(-1), return_inverse=True)
+    count = features.shape[0]
+    if features.ndim != 2 or count != labels.size:
+        raise ValueError(f"features {features.shape} and {labels.size} labels do not match")
+    if not 1 <= k < count:
+        raise ValueError(f"k={k} must be between 1 and the number of items - 1 ({count - 1})")
+    if metric == "cosine":
+        norms = np.linalg.norm(features, axis=1, keepdims=True)
+        features = features / np.maximum(norms, 1e-12)
+    elif metric != "euclidean":
+        raise ValueError(f"unknown metric {metric!r}; expected 'cosine' or 'euclidean'")
+    squares = np.sum(features ** 2, axis=1)
+    num_classes = int(labels.max()) + 1
+    correct = 0
+    for start in range(0, count, 1024):
+        block = slice(start, min(start + 1024, count))
+        # Squared Euclidean; on unit vectors it orders neighbours exactly as cosine similarity does.
+        distances = squares[block, None] - 2.0 * features[block] @ features.T + squares[None, :]
+        rows = np.arange(distances.shape[0])
+        distances[rows, rows + start] = np.inf  # leave the item itself out
+        nearest = np.argpartition(distances, k - 1, axis=1)[:, :k]
+        order = np.argsort(np.take_along_axis(distances, nearest, axis=1), axis=1, kind="stable")
+        nearest = np.take_along_axis(nearest, order, axis=1)  # by distance, closest first
+        neighbour_labels = labels[nearest]
+        votes = np.zeros((len(rows), num_classes), dtype=np.int64)
+        np.add.at(votes, (rows[:, None], neighbour_labels), 1)
+        # Among tied labels, the first to appear in distance order wins.
+        top = votes.max(axis=1, keepdims=True)
+        tied = votes[rows[:, None], neighbour_labels] == top
+        predictions = neighbour_labels[rows, np.argmax(tied, axis=1)]
+        correct += int(np.sum(predictions == labels[block]))
+    return correct / count

@@ -1,0 +1,227 @@
+"""BERT-DML training (triplet loss) and the classification fine-tuning baseline, as plain functions.
+
+The scripts `bert_dml/train_dml.py` and `bert_dml/train_cls.py` only turn flags into these calls.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from bert_dml import data as dml_data
+from bert_dml.epochs import EpochLinearDecay, EpochSettings, latest_step, run_epochs, steps_per_epoch
+from bert_dml.model import (BertDML, FEATURE_KEYS, batched_outputs, feature_function, make_triplet_loss_fn,
+                            triplet_batches, triplet_signature)
+from bert_dml.setup_model import load_encoder, save_model_folder
+from bert_dml.triplets import MARGIN, TRIPLETS_PER_EPOCH, epoch_seed, retrieval_metrics, sample_triplets
+from common.cli import UserError
+from common.distribute import get_strategy
+from common.optimization import AdamWeightDecay
+
+GRADIENT_CLIP_NORM = 1.0
+
+
+def dml_log_line(entry: dict) -> str:
+    """The original's per-epoch line (its always-zero acc columns left out, `lr` the learning rate)."""
+    line = (f"[{entry['epoch']:>3d}] T/loss={entry['T/loss']:.6f} D/loss={entry['D/loss']:.6f} "
+            f"T/sec={entry['T/sec']:.6f} D/sec={entry['D/sec']:.6f} lr={entry['lr']:.6e}")
+    extra = " ".join(f"{key}={entry[key]:.6f}" for key in sorted(entry)
+                     if key.startswith("D/") and key not in ("D/loss", "D/sec"))
+    return f"{line} {extra}" if extra else line
+
+
+def cls_log_line(entry: dict) -> str:
+    return (f"[{entry['epoch']:>3d}] T/loss={entry['T/loss']:.6f} T/acc={entry.get('T/accuracy', float('nan')):.6f} "
+            f"D/loss={entry['D/loss']:.6f} D/acc={entry['D/acc']:.6f} D/uar={entry['D/uar']:.6f} "
+            f"T/sec={entry['T/sec']:.6f} D/sec={entry['D/sec']:.6f} lr={entry['lr']:.6e}")
+
+
+def _prepare_resume(resume: str | None, out: str, start_epoch: int, steps: int) -> None:
+    """`--resume DIR`: continue DIR's newest checkpoint in `--out` (copied there when they differ)."""
+    if resume:
+        if not os.path.isdir(resume) or latest_step(resume) == 0:
+            raise UserError(f"--resume {resume}: no training checkpoint there")
+        if os.path.abspath(resume) != os.path.abspath(out):
+            if latest_step(out):
+                raise UserError(f"--out {out} already holds a run; resume it with --resume={out}")
+            shutil.copytree(resume, out, dirs_exist_ok=True)
+    done = latest_step(out) // steps
+    if start_epoch > 1 and start_epoch != done + 1:
+        raise UserError(f"--start_epoch={start_epoch}, but the checkpoint in {out} ends after epoch "
+                        f"{done}: training continues at epoch {done + 1} (drop --start_epoch)")
+
+
+def _read_data(train_path: str, eval_path: str, encoding: str):
+    train = dml_data.read_labeled_texts(train_path, encoding=encoding)
+    evaluation = dml_data.read_labeled_texts(eval_path, encoding=encoding)
+    return train, evaluation, dml_data.collect_labels(train)
+
+
+def _build(strategy, train_texts, learnrate, weightdecay, steps, epochs, make_model, **encoder_kwargs):
+    with strategy.scope():
+        setup = load_encoder(train_texts=train_texts, **encoder_kwargs)
+        model = make_model(setup.encoder)
+        optimizer = AdamWeightDecay(EpochLinearDecay(learnrate, steps, epochs), weight_decay_rate=weightdecay,
+                                    epsilon=1e-6, global_clipnorm=GRADIENT_CLIP_NORM)
+    return setup, model, optimizer
+
+
+def _epoch_batches(make_batches: Callable[[int], list], signature: dict):
+    """dataset_fn(epoch, input_context) for `run_epochs`: that epoch's global batches cut per replica.
+
+    Replica r of worker p at step s takes part s * replicas + p * local + r of each global batch's
+    rows, so the global batch is exactly the one a single device would see.
+    """
+    def dataset_fn(epoch, input_context):
+        total = input_context.num_replicas_in_sync
+        local = total // input_context.num_input_pipelines
+        first = input_context.input_pipeline_id * local
+
+        def generate():
+            for batch in make_batches(epoch):
+                size = len(next(iter(batch.values())))
+                per_replica = -(-size // total)
+                for replica in range(first, first + local):
+                    part = {key: value[replica * per_replica:(replica + 1) * per_replica]
+                            for key, value in batch.items()}
+                    yield part
+        return tf.data.Dataset.from_generator(generate, output_signature=signature)
+    return dataset_fn
+
+
+def train_dml(train_path: str, eval_path: str, out: str, *, batchsize: int = 64, epochs: int = 100,
+              learnrate: float = 5e-5, weightdecay: float = 0.01, preset: str | None = None,
+              init_checkpoint: str | None = None, bert_config_file: str | None = None,
+              vocab_file: str | None = None, mining: str = "random", encoding: str = "utf-8",
+              max_seq_length: int = 128, random_seed: int = 123,
+              triplets_per_epoch: int = TRIPLETS_PER_EPOCH, margin: float = MARGIN,
+              vocab_size: int = 8000, lowercase: bool = True, eval_knn: bool = True,
+              noplot: bool = False, resume: str | None = None, start_epoch: int = 1,
+              strategy: tf.distribute.Strategy | None = None, progress: bool = True,
+              print_fn: Callable[[str], None] = print) -> list[dict]:
+    """Trains BERT-DML on `train_path`, evaluating on `eval_path` each epoch; returns the epoch log."""
+    strategy = strategy or get_strategy("default")
+    keras.utils.set_random_seed(random_seed)  # the new weights (projection, from-scratch encoder)
+    train, evaluation, labels = _read_data(train_path, eval_path, encoding)
+    train_ids = dml_data.label_ids(train, labels)
+    eval_ids = dml_data.label_ids(evaluation, labels, strict=False)
+    steps = steps_per_epoch(triplets_per_epoch, batchsize)
+    _prepare_resume(resume, out, start_epoch, steps)
+    setup, model, optimizer = _build(
+        strategy, train.texts, learnrate, weightdecay, steps, epochs, BertDML, preset=preset,
+        init_checkpoint=init_checkpoint, bert_config_file=bert_config_file, vocab_file=vocab_file,
+        vocab_size=vocab_size, lowercase=lowercase)
+    max_seq_length = min(max_seq_length, setup.config.max_position_embeddings)
+    tokenizer = setup.tokenizer()
+    train_features = dml_data.encode_texts(tokenizer, train.texts, max_seq_length)
+    eval_features = dml_data.encode_texts(tokenizer, evaluation.texts, max_seq_length)
+    print_fn(f"# train: {len(train)}, eval: {len(evaluation)}, class: {len(labels)}, labels: {labels}, "
+             f"vocab: {len(setup.vocab)}, encoder: {setup.source}")
+    save_model_folder(out, setup, labels, {
+        "kind": "dml", "output_dim": model.output_dense.units, "max_seq_length": max_seq_length,
+        "mining": mining, "margin": margin, "batchsize": batchsize, "epoch": epochs, "learnrate": learnrate,
+        "weightdecay": weightdecay, "random_seed": random_seed, "train": train_path, "eval": eval_path})
+
+    def train_batches(epoch):
+        triplets = sample_triplets(train_ids, triplets_per_epoch, epoch_seed(random_seed, epoch, "train"))
+        return triplet_batches(train_features, train_ids, triplets, batchsize)
+
+    from common.training import evaluate
+    eval_loss_fn = make_triplet_loss_fn("random", margin)  # D/loss: the original's sampled triplets
+    features_of = feature_function(lambda features: model(features, training=False))
+
+    def evaluate_epoch(epoch):
+        triplets = sample_triplets(eval_ids, triplets_per_epoch, epoch_seed(random_seed, epoch, "eval"))
+        batches = list(triplet_batches(eval_features, eval_ids, triplets, batchsize))
+        dataset = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=triplet_signature())
+        metrics = {"D/loss": evaluate(strategy, model, dataset, eval_loss_fn)["loss"]}
+        if eval_knn and len(evaluation) > 10:
+            embeddings = batched_outputs(features_of, eval_features, batchsize)
+            knn = retrieval_metrics(embeddings, eval_ids, k=10)
+            metrics["D/knn10"] = knn["knn10_accuracy"]
+        return metrics
+
+    settings = EpochSettings(num_epochs=epochs, steps_per_epoch=steps, model_dir=out, best_metric="D/loss",
+                             best_mode="min", plot=not noplot, progress=progress)
+    return run_epochs(strategy, model, optimizer, make_triplet_loss_fn(mining, margin),
+                      _epoch_batches(train_batches, triplet_signature()), evaluate_epoch, settings,
+                      dml_log_line, print_fn)
+
+
+def _classification_batches(features, label_ids, order, batch_size):
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = dml_data.trim_to_longest({key: features[key][rows] for key in FEATURE_KEYS})
+        batch["label_ids"] = label_ids[rows]
+        yield batch
+
+
+def train_classifier(train_path: str, eval_path: str, out: str, *, batchsize: int = 64, epochs: int = 10,
+                     learnrate: float = 5e-5, weightdecay: float = 0.01, preset: str | None = None,
+                     init_checkpoint: str | None = None, bert_config_file: str | None = None,
+                     vocab_file: str | None = None, encoding: str = "utf-8", max_seq_length: int = 128,
+                     random_seed: int = 123, vocab_size: int = 8000, lowercase: bool = True,
+                     patience: int | None = 3, max_train_examples: int | None = None,
+                     noplot: bool = False, resume: str | None = None, start_epoch: int = 1,
+                     strategy: tf.distribute.Strategy | None = None, progress: bool = True,
+                     print_fn: Callable[[str], None] = print) -> list[dict]:
+    """Softmax fine-tuning over the training labels; the best model by eval UAR is kept in `out/best`.
+
+    `max_train_examples` caps each epoch at that many (shuffled) training lines (budgeted runs).
+    """
+    from common.heads import BertClassifier
+    from common.metrics import macro_precision_recall_f1
+    from common.training import classification_loss_fn
+
+    strategy = strategy or get_strategy("default")
+    keras.utils.set_random_seed(random_seed)
+    train, evaluation, labels = _read_data(train_path, eval_path, encoding)
+    train_ids = dml_data.label_ids(train, labels)
+    eval_ids = dml_data.label_ids(evaluation, labels)
+    per_epoch = min(len(train), max_train_examples or len(train))
+    steps = steps_per_epoch(per_epoch, batchsize)
+    _prepare_resume(resume, out, start_epoch, steps)
+    setup, model, optimizer = _build(
+        strategy, train.texts, learnrate, weightdecay, steps, epochs,
+        lambda encoder: BertClassifier(encoder, len(labels), dropout=0.1), preset=preset,
+        init_checkpoint=init_checkpoint, bert_config_file=bert_config_file, vocab_file=vocab_file,
+        vocab_size=vocab_size, lowercase=lowercase)
+    max_seq_length = min(max_seq_length, setup.config.max_position_embeddings)
+    tokenizer = setup.tokenizer()
+    train_features = dml_data.encode_texts(tokenizer, train.texts, max_seq_length)
+    eval_features = dml_data.encode_texts(tokenizer, evaluation.texts, max_seq_length)
+    print_fn(f"# train: {len(train)}, eval: {len(evaluation)}, class: {len(labels)}, labels: {labels}, "
+             f"vocab: {len(setup.vocab)}, encoder: {setup.source}")
+    save_model_folder(out, setup, labels, {
+        "kind": "classified", "num_labels": len(labels), "max_seq_length": max_seq_length,
+        "batchsize": batchsize, "epoch": epochs, "learnrate": learnrate, "weightdecay": weightdecay,
+        "random_seed": random_seed, "train": train_path, "eval": eval_path})
+
+    def train_batches(epoch):
+        order = np.random.default_rng(epoch_seed(random_seed, epoch, "train")).permutation(len(train))[:per_epoch]
+        return _classification_batches(train_features, train_ids, order, batchsize)
+
+    signature = {key: tf.TensorSpec([None, None], tf.int32) for key in FEATURE_KEYS}
+    signature["label_ids"] = tf.TensorSpec([None], tf.int32)
+    logits_of = feature_function(lambda features: tf.cast(model(features, training=False), tf.float32))
+
+    def evaluate_epoch(epoch):
+        logits = batched_outputs(logits_of, eval_features, batchsize).astype(np.float64)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        predictions = logits.argmax(axis=1)
+        return {"D/loss": float(-log_probs[np.arange(len(eval_ids)), eval_ids].mean()),
+                "D/acc": float((predictions == eval_ids).mean()),
+                "D/uar": macro_precision_recall_f1(eval_ids, predictions,
+                                                   list(range(len(labels))))["recall_macro"]}
+
+    settings = EpochSettings(num_epochs=epochs, steps_per_epoch=steps, model_dir=out, best_metric="D/uar",
+                             best_mode="max", patience=patience, plot_keys=("T/loss", "D/loss", "D/acc", "D/uar"),
+                             plot=not noplot, progress=progress)
+    return run_epochs(strategy, model, optimizer, classification_loss_fn,
+                      _epoch_batches(train_batches, signature), evaluate_epoch, settings, cls_log_line, print_fn)
