@@ -608,8 +608,8 @@ def make_dataset(file_patterns, feature_spec: Mapping, batch_size: int, is_train
         file_seed = None if seed is None else seed + 1  # not the record shuffle's seed: independent orders
         dataset = dataset.shuffle(len(files), seed=file_seed, reshuffle_each_iteration=True)
         cycle = max(1, min(int(cycle_length or 1), len(files)))
-        dataset = dataset.interleave(read_file, cycle_length=cycle, block_length=1,
-                                     num_parallel_calls=cycle if cycle > 1 else None, deterministic=True)
+        parallel = {"num_parallel_calls": cycle, "deterministic": True} if cycle > 1 else {}
+        dataset = dataset.interleave(read_file, cycle_length=cycle, block_length=1, **parallel)
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     else:
         dataset = dataset.flat_map(read_file)

@@ -122,9 +122,73 @@ def test_training_dataset_shuffles_deterministically_repeats_and_drops_remainder
     batches = first_ids(1)
     assert all(len(batch) == 4 for batch in batches)  # 24 ids from 10 records: repeated, full batches only
     flat = sum(batches, [])
-    assert sorted(flat[:8]) != flat[:8] or sorted(flat[8:16]) != flat[8:16]  # shuffled
-    assert set(flat) == set(range(10))
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))  # epoch by epoch
+    assert flat[:10] != list(range(10))  # not the file order
+    assert flat[10:20] != flat[:10]  # a new order every epoch
     assert first_ids(1) == batches
+    assert first_ids(2) != batches
+
+
+def test_training_interleaves_shuffled_files_deterministically(tmp_path):
+    for index in range(6):
+        _write_numbered(tmp_path / f"part-{index}.tfrecord", 100 * index, 20)
+    spec = tfrecords.fixed_int_feature_spec({"id": 1})
+
+    def epoch(seed, cycle_length=3):
+        dataset = tfrecords.make_dataset(str(tmp_path / "part-*.tfrecord"), spec, batch_size=1, is_training=True,
+                                         seed=seed, shuffle_buffer=1, cycle_length=cycle_length)  # no record shuffle
+        return [int(batch["id"][0, 0]) for batch in dataset.take(120).as_numpy_iterator()]
+
+    ids = epoch(1)
+    assert sorted(ids) == [100 * part + offset for part in range(6) for offset in range(20)]
+    files = [value // 100 for value in ids]
+    assert len(set(files[:3])) == 3  # record by record from three files at a time
+    assert [value % 100 for value in ids if value // 100 == files[0]] == list(range(20))  # each file in order
+    assert epoch(1) == ids
+    file_orders = {tuple(dict.fromkeys(value // 100 for value in epoch(seed))) for seed in range(1, 5)}
+    assert len(file_orders) > 1  # the file list is shuffled, differently for another seed
+    assert len(set(value // 100 for value in epoch(1, cycle_length=1)[:20])) == 1  # one file after another
+
+
+def test_bytes_features_match_tensorflow_and_parse(tmp_path):
+    texts = ["déjà vu", "", "a longer sentence " * 20]
+    single = [tfrecords.serialize_int_example({"ids": [index, 7]}, {"w": [0.5]},
+                                              {"text": text, "tags": [b"x", "y" * index], "none": []})
+              for index, text in enumerate(texts)]
+    for index, text in enumerate(texts):
+        feature = {"ids": tf.train.Feature(int64_list=tf.train.Int64List(value=[index, 7])),
+                   "w": tf.train.Feature(float_list=tf.train.FloatList(value=[0.5])),
+                   "text": tf.train.Feature(bytes_list=tf.train.BytesList(value=[text.encode("utf-8")])),
+                   "tags": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"x", b"y" * index])),
+                   "none": tf.train.Feature(bytes_list=tf.train.BytesList(value=[]))}
+        expected = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
+        assert single[index] == expected
+    batched = tfrecords.serialize_int_examples(
+        {"ids": np.array([[index, 7] for index in range(3)])}, {"w": np.full((3, 1), 0.5)},
+        {"text": texts, "tags": [[b"x", "y" * index] for index in range(3)], "none": [[], [], []]})
+    assert batched.to_list() == single
+    with pytest.raises(ValueError, match="both as int and as bytes"):
+        tfrecords.serialize_int_example({"a": [1]}, bytes_features={"a": b"x"})
+
+
+def test_write_sharded_deals_records_round_robin_and_parses_back(tmp_path):
+    features = {"id": np.arange(11)[:, None], "score": (np.arange(11) / 4)[:, None].astype(np.float32),
+                "text": [f"record {index}" for index in range(11)]}
+    paths = tfrecords.write_sharded(features, str(tmp_path / "data"), 3)
+    assert [os.path.basename(path) for path in paths] == [f"data-0000{index}-of-00003.tfrecord" for index in range(3)]
+    spec = {"id": tf.io.FixedLenFeature([1], tf.int64), "score": tf.io.FixedLenFeature([1], tf.float32),
+            "text": tf.io.FixedLenFeature([], tf.string)}
+    for shard, path in enumerate(paths):
+        batch = next(tfrecords.make_dataset(path, spec, batch_size=100, is_training=False).as_numpy_iterator())
+        expected = list(range(shard, 11, 3))
+        assert batch["id"][:, 0].tolist() == expected
+        assert np.allclose(batch["score"][:, 0], np.array(expected) / 4)
+        assert [text.decode() for text in batch["text"]] == [f"record {index}" for index in expected]
+    raw = [b"r%d" % index for index in range(5)]
+    paths = tfrecords.write_sharded(raw, str(tmp_path / "raw"), 2)
+    assert [[record.numpy() for record in tf.data.TFRecordDataset(path)] for path in paths] == [raw[0::2], raw[1::2]]
+    with pytest.raises(ValueError, match="num_shards"):
+        tfrecords.write_sharded(raw, str(tmp_path / "none"), 0)
 
 
 @pytest.mark.parametrize("num_files", [1, 3])
