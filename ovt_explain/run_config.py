@@ -1,0 +1,124 @@
+"""The JSON config files users pass to `bert_pretraining` and `bert_cls`, read against a documented schema.
+
+Keys are the paper's (its `pretraining_config.json` / `cls_config.json`, Hugging Face Trainer names
+such as `per_device_train_batch_size`, `num_train_epochs`, `model_dir`, accepted as aliases) plus the
+suite's own short names (`batch_size`, `epochs`, `pretrained_model`, ...). Every key is documented in
+`ovt_explain/configs/*.json` (each example config carries a `"//"` comment per key, which is ignored).
+An unknown, missing or mistyped key stops with `file:line: key 'name' ...`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from typing import Any, Sequence
+
+from common.cli import UserError
+
+REQUIRED = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    name: str
+    type: Any          # int, float, bool, str, "paths" (str or list of str), "str_or_list", dict
+    default: Any
+    help: str
+    aliases: tuple[str, ...] = ()
+
+
+def _line_of(text: str, key: str) -> int:
+    offset = text.find(json.dumps(key))
+    return text.count("\n", 0, offset) + 1 if offset >= 0 else 1
+
+
+def _check_type(value, expected, where: str, key: str):
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected == "paths":
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+            return value
+        raise UserError(f"{where}: key '{key}' must be a path or a non-empty list of paths, got {value!r}")
+    if expected == "str_or_list":
+        if isinstance(value, str) or (isinstance(value, list) and all(isinstance(i, str) for i in value)):
+            return value
+        raise UserError(f"{where}: key '{key}' must be a string or a list of strings, got {value!r}")
+    if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise UserError(f"{where}: key '{key}' must be an integer, got {value!r}")
+    if expected is not int and expected is not Any and not isinstance(value, expected):
+        raise UserError(f"{where}: key '{key}' must be {expected.__name__}, got {value!r}")
+    if expected is float and isinstance(value, bool):
+        raise UserError(f"{where}: key '{key}' must be a number, got {value!r}")
+    return value
+
+
+def load_config(path: str, keys: Sequence[Key], ignored: dict[str, str] | None = None) -> dict:
+    """Reads `path` (a JSON object) into {canonical key: value}, defaults filled in.
+
+    `ignored`: original keys accepted for compatibility that have no effect here (name -> why).
+    Keys starting with "//" are comments.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}:{error.lineno}:{error.colno}: {error.msg}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}:1: expected a JSON object of settings")
+    by_name = {}
+    for key in keys:
+        for name in (key.name,) + key.aliases:
+            by_name[name] = key
+    ignored = ignored or {}
+    result: dict = {}
+    source: dict = {}
+    for name, value in values.items():
+        if name.startswith("//"):
+            continue
+        where = f"{path}:{_line_of(text, name)}"
+        if name in ignored:
+            continue
+        if name not in by_name:
+            close = difflib.get_close_matches(name, list(by_name) + list(ignored), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"{where}: unknown key '{name}'{hint}; the keys are documented in "
+                            f"ovt_explain/configs/")
+        key = by_name[name]
+        if key.name in source:
+            raise UserError(f"{where}: key '{name}' repeats '{source[key.name]}' (the same setting)")
+        if value is None and key.default is None:
+            result[key.name] = None
+        else:
+            result[key.name] = _check_type(value, key.type, where, name)
+        source[key.name] = name
+    for key in keys:
+        if key.name not in result:
+            if key.default is REQUIRED:
+                raise UserError(f"{path}: missing required key '{key.name}' ({key.help})")
+            result[key.name] = key.default
+    return result
+
+
+def require_one_of(config: dict, path: str, *names: str) -> str:
+    given = [name for name in names if config.get(name) is not None]
+    if len(given) != 1:
+        raise UserError(f"{path}: give exactly one of the keys {', '.join(repr(n) for n in names)} "
+                        f"(got {', '.join(given) or 'none'})")
+    return given[0]
+
+
+def documented_example(keys: Sequence[Key], values: dict) -> dict:
+    """An example config: each key with a "//key" comment before it (used to write configs/*.json)."""
+    example: dict = {}
+    for key in keys:
+        if key.name in values:
+            example[f"//{key.name}"] = key.help + (f" (aliases: {', '.join(key.aliases)})" if key.aliases else "")
+            example[key.name] = values[key.name]
+    return example
