@@ -30,7 +30,8 @@ def masked_lm_head(encoder: BertEncoder, name: str = "masked_lm_head",
         name=name,
         **layer_kwargs,
     )
-    head.build((None, None, config.hidden_size))
+    # Building with both shapes lets `summary()` compute the head's output shape.
+    head.build((None, None, config.hidden_size), (None, None))
     return head
 
 
@@ -50,7 +51,14 @@ class ClassificationHead(keras.layers.Layer):
         self.dropout = keras.layers.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
         self.dense = keras.layers.Dense(num_labels, kernel_initializer=truncated_normal(config),
                                         name="output")
-        self.dense.build((None, config.hidden_size))
+        self.build((None, config.hidden_size))
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+        self.built = True
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.num_labels,)
 
     def call(self, pooled_output, training=None):
         return self.dense(self.dropout(pooled_output, training=training))
@@ -71,7 +79,12 @@ def next_sentence_loss(logits, next_sentence_labels):
 
 
 class BertPretrainer(keras.Model):
-    """Encoder + MLM head + NSP head: the model of BERT pre-training (used by danmaku and ovt_explain)."""
+    """Encoder + MLM head + NSP head: the model of BERT pre-training (used by danmaku and ovt_explain).
+
+    `call(features)` returns `{"masked_lm_logits": [batch, max_predictions, vocab]}` plus
+    `"next_sentence_logits": [batch, 2]` with the NSP head, and with `return_attention=True` also
+    `"attention_probs"`: one `[batch, heads, query, key]` tensor per layer, from the same forward pass.
+    """
 
     def __init__(self, encoder: BertEncoder, use_next_sentence: bool = True, **kwargs):
         kwargs.setdefault("name", "bert_pretrainer")
@@ -79,13 +92,17 @@ class BertPretrainer(keras.Model):
         self.encoder = encoder
         self.masked_lm = masked_lm_head(encoder)
         self.next_sentence = next_sentence_head(encoder.config) if use_next_sentence else None
+        # Every sub-layer is built above, so weights exist at once (summary, count_params, checkpoints).
+        self.built = True
 
-    def call(self, features, training=None):
-        outputs = self.encoder(features, training=training)
+    def call(self, features, training=None, return_attention=False):
+        outputs = self.encoder(features, training=training, return_attention=return_attention)
         result = {"masked_lm_logits": self.masked_lm(outputs["sequence_output"],
                                                      mask_positions=features["masked_lm_positions"])}
         if self.next_sentence is not None:
             result["next_sentence_logits"] = self.next_sentence(outputs["pooled_output"])
+        if return_attention:
+            result["attention_probs"] = outputs["attention_probs"]
         return result
 
     def compute_pretraining_loss(self, features, outputs):
@@ -98,14 +115,28 @@ class BertPretrainer(keras.Model):
 
 
 class BertClassifier(keras.Model):
-    """Encoder + classification head over the pooled output."""
+    """Encoder + classification head over the pooled output.
+
+    `call(features)` returns the logits `[batch, num_labels]`; with `return_attention=True` it returns
+    `{"logits", "pooled_output", "attention_probs"}` from the same forward pass (`attention_probs`: one
+    `[batch, heads, query, key]` tensor per layer).
+    """
 
     def __init__(self, encoder: BertEncoder, num_labels: int, dropout: float | None = None, **kwargs):
         kwargs.setdefault("name", "bert_classifier")
         super().__init__(**kwargs)
+        if encoder.pooler_dense is None:
+            raise ValueError("BertClassifier needs an encoder with a pooler (use_pooler=True)")
         self.encoder = encoder
+        self.num_labels = num_labels
         self.classifier = ClassificationHead(encoder.config, num_labels, dropout)
+        # Every sub-layer is built above, so weights exist at once (summary, count_params, checkpoints).
+        self.built = True
 
-    def call(self, features, training=None):
-        outputs = self.encoder(features, training=training)
-        return self.classifier(outputs["pooled_output"], training=training)
+    def call(self, features, training=None, return_attention=False):
+        outputs = self.encoder(features, training=training, return_attention=return_attention)
+        logits = self.classifier(outputs["pooled_output"], training=training)
+        if not return_attention:
+            return logits
+        return {"logits": logits, "pooled_output": outputs["pooled_output"],
+                "attention_probs": outputs["attention_probs"]}
