@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 from typing import Mapping
@@ -158,6 +157,21 @@ def build_pretrainer(strategy, config: BertConfig, settings: PretrainingSettings
     return model, optimizer
 
 
+def warm_start_pretrainer(source: str, model) -> str:
+    """Encoder and both heads from `source`; the heads start fresh where the source has none (an
+    encoder-only Hugging Face folder, a checkpoint saved without `cls/`)."""
+    from common.checkpoints import CheckpointMismatchError, warm_start
+
+    try:
+        return warm_start(source, model.encoder, masked_lm_head=model.masked_lm,
+                          next_sentence_head=model.next_sentence)
+    except CheckpointMismatchError as with_heads:
+        loaded = warm_start(source, model.encoder)  # raises again if the encoder itself does not fit
+        logging.warning("%s has no usable pre-training heads, they start from random weights (%s)",
+                        source, str(with_heads).splitlines()[0])
+        return loaded + "; heads: random"
+
+
 def _has_training_checkpoint(output_dir: str) -> bool:
     return tf.train.latest_checkpoint(output_dir) is not None
 
@@ -228,10 +242,7 @@ def run_pretraining(strategy, settings: PretrainingSettings) -> dict:
     resuming = _has_training_checkpoint(settings.output_dir)
     loaded_from = None
     if settings.init_checkpoint and not resuming:
-        from common.checkpoints import warm_start
-        loaded_from = warm_start(settings.init_checkpoint, model.encoder, masked_lm_head=model.masked_lm,
-                                 next_sentence_head=model.next_sentence)
-        logging.info("initialised from %s", loaded_from)
+        loaded_from = warm_start_pretrainer(settings.init_checkpoint, model)
     if chief:
         run_config = {key: value for key, value in dataclasses.asdict(settings).items()}
         run_config["loaded_from"] = loaded_from
@@ -300,7 +311,3 @@ def _restore_model_only(model, output_dir: str) -> int:
     tf.train.Checkpoint(model=model, step=step).restore(path).expect_partial()
     logging.info("evaluating %s", path)
     return int(step.numpy())
-
-
-def is_finite_row(metrics: Mapping[str, float]) -> bool:
-    return all(math.isfinite(float(metrics[key])) for key in REPORTED_METRICS)

@@ -1,0 +1,165 @@
+r"""The embedding map of danmaku terms: PCA to 50 dimensions, then t-SNE to 2-D, one labelled scatter.
+
+    python -m danmaku.danmaku_similarity --terms terms.txt --out map.png --model_dir chinese_L-12_H-768_A-12 \
+        --compare_model_dir danmaku_model          # before / after continued pre-training, side by side
+    python -m danmaku.danmaku_similarity --terms terms.txt --out map.png --port 8125   # via a running server
+
+`terms.txt`: one term a line, optionally `term<TAB>group` (groups get colours and a legend); blank
+lines are skipped. Without `--model_dir` the terms are encoded by the server at `--ip:--port`
+(`danmaku.serve`, whatever pooling it was started with). With `--model_dir` they are encoded here
+with bert-as-service's pooling (`--pooling_strategy`, `--pooling_layer`, default the seed's -1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a file: `python danmaku/danmaku_similarity.py`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import cli  # noqa: E402
+
+cli.quiet_tensorflow()
+
+from typing import Callable, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+from absl import flags, logging  # noqa: E402
+
+from common.cli import UserError  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("terms", None, "Terms file: one term a line, optionally 'term<TAB>group'.")
+flags.DEFINE_string("out", "danmaku_similarity.png", "Output PNG.")
+flags.DEFINE_string("model_dir", None, "Model folder to encode with here (else: the server at --ip:--port).")
+flags.DEFINE_string("tuned_model_dir", None, "As danmaku.serve: weights from here, config and vocab from --model_dir.")
+flags.DEFINE_string("ckpt_name", None, "As danmaku.serve.")
+flags.DEFINE_string("compare_model_dir", None, "Second model folder, drawn beside the first (e.g. after "
+                    "continued pre-training).")
+flags.DEFINE_string("compare_tuned_model_dir", None, "tuned_model_dir of the second model.")
+flags.DEFINE_string("compare_ckpt_name", None, "ckpt_name of the second model.")
+flags.DEFINE_string("title", None, "Title of the (first) map; default: the model folder's name.")
+flags.DEFINE_string("compare_title", None, "Title of the second map.")
+flags.DEFINE_enum("pooling_strategy", "REDUCE_MEAN",
+                  ["REDUCE_MEAN", "REDUCE_MAX", "REDUCE_MEAN_MAX", "CLS_TOKEN", "SEP_TOKEN"], "Pooling (local models).")
+flags.DEFINE_list("pooling_layer", ["-1"], "Pooled layer(s) (local models); -1 the last.")
+flags.DEFINE_integer("max_seq_len", 25, "Maximum tokens per term, [CLS]/[SEP] included (local models).")
+flags.DEFINE_string("ip", "localhost", "Server address when no --model_dir is given.")
+flags.DEFINE_integer("port", 8125, "Server port when no --model_dir is given.")
+flags.DEFINE_integer("timeout", 60000, "Client timeout in milliseconds.")
+flags.DEFINE_enum("method", "tsne", ["tsne", "pca"], "2-D projection: t-SNE after PCA, or PCA only.")
+flags.DEFINE_integer("pca_dims", 50, "PCA dimensions before t-SNE.")
+flags.DEFINE_integer("random_seed", 0, "Seed of the projection.")
+
+
+def read_terms(path: str) -> tuple[list[str], list[str] | None]:
+    """terms file -> (terms, groups or None); duplicates keep their first line."""
+    terms, groups, seen = [], [], {}
+    try:
+        handle = open(path, encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such terms file") from None
+    with handle:
+        try:
+            lines = list(enumerate(handle, start=1))
+        except UnicodeDecodeError as error:
+            raise UserError(f"{path}: not valid UTF-8 ({error.reason})") from None
+    for line_number, line in lines:
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) > 2 or not fields[0].strip() or (len(fields) == 2 and not fields[1].strip()):
+            raise UserError(f"{path}:{line_number}: expected 'term' or 'term<TAB>group', got {line!r}")
+        term = fields[0].strip()
+        if term in seen:
+            logging.warning("%s:%d: %r already on line %d; skipped", path, line_number, term, seen[term])
+            continue
+        seen[term] = line_number
+        terms.append(term)
+        groups.append(fields[1].strip() if len(fields) == 2 else None)
+    if len(terms) < 2:
+        raise UserError(f"{path}: needs at least 2 terms, found {len(terms)}")
+    if all(group is None for group in groups):
+        return terms, None
+    return terms, [group or "(none)" for group in groups]
+
+
+def local_encode_fn(model_dir: str, tuned_model_dir: str | None = None, ckpt_name: str | None = None,
+                    pooling_strategy: str = "REDUCE_MEAN", pooling_layer: Sequence[int] = (-1,),
+                    max_seq_len: int = 25) -> Callable[[list[str]], np.ndarray]:
+    from common.embeddings import SentenceEncoder
+    from danmaku.models import load_model
+
+    loaded = load_model(model_dir, tuned_model_dir, ckpt_name)
+    try:
+        encoder = SentenceEncoder(loaded.encoder, loaded.tokenizer, pooling=pooling_strategy,
+                                  layers=tuple(int(layer) for layer in pooling_layer),
+                                  max_seq_length=min(max_seq_len, loaded.config.max_position_embeddings))
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    return encoder.encode
+
+
+def client_encode_fn(ip: str, port: int, timeout_ms: int) -> Callable[[list[str]], np.ndarray]:
+    from danmaku.client import BertClient, BertClientError
+
+    client = BertClient(ip=ip, port=port, timeout=timeout_ms, check_length=False)
+
+    def encode(texts):
+        try:
+            return client.encode(texts)
+        except BertClientError as error:
+            raise UserError(str(error)) from None
+    return encode
+
+
+def draw_similarity_map(terms: Sequence[str], groups: Sequence[str] | None, out: str,
+                        panels: Sequence[tuple[str, Callable[[list[str]], np.ndarray]]], method: str = "tsne",
+                        pca_dims: int = 50, random_seed: int = 0) -> str:
+    """One scatter per (title, encode_fn) panel, side by side, in one PNG; returns its path."""
+    from common.plotting import new_figure, project_2d, save_figure, scatter_2d
+
+    figure, axes = new_figure(1, len(panels), size=(8.0 * len(panels), 7.5))
+    axes = np.atleast_1d(axes)
+    for ax, (title, encode) in zip(axes, panels):
+        vectors = np.asarray(encode(list(terms)), dtype=np.float32)
+        if vectors.ndim != 2:
+            raise UserError(f"{title}: expected one vector per term, got shape {vectors.shape} "
+                            "(pooling NONE gives one per token)")
+        points = project_2d(vectors, method=method, pca_dims=pca_dims, random_seed=random_seed)
+        scatter_2d(points, labels=groups, texts=list(terms), ax=ax, title=title)
+    return save_figure(figure, out)
+
+
+def main(argv):
+    del argv
+    if not FLAGS.terms:
+        raise UserError("--terms is required")
+    terms, groups = read_terms(FLAGS.terms)
+    panels = []
+    if FLAGS.model_dir:
+        layers = [int(layer) for layer in FLAGS.pooling_layer]
+        comparing = bool(FLAGS.compare_model_dir)
+        for model_dir, tuned, ckpt, title, role in (
+                (FLAGS.model_dir, FLAGS.tuned_model_dir, FLAGS.ckpt_name, FLAGS.title, "before"),
+                (FLAGS.compare_model_dir, FLAGS.compare_tuned_model_dir, FLAGS.compare_ckpt_name,
+                 FLAGS.compare_title, "after")):
+            if model_dir:
+                name = os.path.basename(os.path.normpath(tuned or model_dir))
+                title = title or (f"{role}: {name}" if comparing else name)
+                panels.append((title, local_encode_fn(model_dir, tuned, ckpt, FLAGS.pooling_strategy, layers,
+                                                      FLAGS.max_seq_len)))
+    else:
+        if FLAGS.compare_model_dir:
+            raise UserError("--compare_model_dir needs --model_dir (the first model) as well")
+        panels.append((FLAGS.title or f"server {FLAGS.ip}:{FLAGS.port}",
+                       client_encode_fn(FLAGS.ip, FLAGS.port, FLAGS.timeout)))
+    path = draw_similarity_map(terms, groups, FLAGS.out, panels, FLAGS.method, FLAGS.pca_dims, FLAGS.random_seed)
+    print(f"wrote {path} ({len(terms)} terms, {len(panels)} map(s))")
+
+
+if __name__ == "__main__":
+    cli.run(main)
