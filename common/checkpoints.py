@@ -141,26 +141,14 @@ def _format_items(items: list[str]) -> list[str]:
 
 def _compare_with_checkpoint(graph: _ObjectGraph, root, allow_unused: bool = False) -> str:
     """'' when every variable under `root` has a same-shaped value in `graph`; else the problems."""
-    # 1. Pair checkpoint nodes with live objects, walking both graphs by child names.
-    # Depth-first with the root's children in order (model before optimizer), so a variable pairs
-    # with the node its model path reaches, not one that the optimizer's positional lists point to.
-    visited, live_to_node = set(), {}
-    stack = [(0, root)]
-    while stack:
-        node_id, value = stack.pop()
-        live_to_node.setdefault(id(value), node_id)
-        if (node_id, id(value)) in visited:
-            continue
-        visited.add((node_id, id(value)))
-        live = _live_children(value)
-        for name, child_id in reversed(list(graph.children(node_id).items())):
-            if name in live:
-                stack.append((child_id, live[name]))
-    used_nodes = set(live_to_node.values())
-
-    # 2. Every live variable with a readable path; every checkpoint value under the root names we have.
+    # 1. Every live variable by its first path (root children in order: model before optimizer),
+    # looked up by the same names in the checkpoint. A path through the optimizer's positional
+    # lists would pair a new variable with whatever value sits at its index.
     live_paths = _first_paths(root, _live_children, id)
     live_variables = {key: item for key, item in live_paths.items() if _is_variable(item[1])}
+    live_to_node = {key: graph.node_at(path) for key, (path, _) in live_variables.items()}
+    used_nodes = set(live_to_node.values())
+    # 2. Every checkpoint value under the root names we have.
     root_names = set(_live_children(root)) - {"save_counter"}
     node_paths = _first_paths(0, graph.children, lambda node: node, names=root_names)
     checkpoint_values = {node: path for node, (path, _) in node_paths.items() if graph.value_key(node)}
@@ -195,7 +183,7 @@ def _compare_with_checkpoint(graph: _ObjectGraph, root, allow_unused: bool = Fal
         recorded = [node_paths.get(child, (f"<node {child}>",))[0]
                     for child in graph.children(node).values()]
         now = [live_path(variable) for variable in _live_children(value).values()]
-        if recorded == now:
+        if recorded == now or not now:  # an empty list: the optimizer is not built (reported below)
             continue
         # Only variables both sides have: added or removed layers are reported below as such.
         in_checkpoint = {path for path, _ in node_paths.values()}
@@ -220,6 +208,10 @@ def _compare_with_checkpoint(graph: _ObjectGraph, root, allow_unused: bool = Fal
                       if any(not is_optimizer(path) for path, _ in group)]
     summarise_optimizer = bool(model_problems or trainable_lines)
     lines = list(trainable_lines)
+    optimizer = _live_children(root).get("optimizer")
+    if unused and optimizer is not None and not getattr(optimizer, "built", True):
+        lines.append("  the optimizer is not built yet: call optimizer.build(model.trainable_variables) "
+                     "before restoring")
     hidden = 0
     for title, group in (("missing from the checkpoint", missing), ("unused checkpoint values", unused),
                          ("shape mismatches", wrong_shape)):
@@ -231,11 +223,6 @@ def _compare_with_checkpoint(graph: _ObjectGraph, root, allow_unused: bool = Fal
             lines += _format_items(items)
     if hidden:
         lines.append(f"  (and {hidden} optimizer values that differ because of the above)")
-    if unused and any(is_optimizer(path) for path, _ in unused):
-        optimizer = _live_children(root).get("optimizer")
-        if optimizer is not None and not getattr(optimizer, "built", True):
-            lines.append("  the optimizer is not built yet: call optimizer.build(model.trainable_variables) "
-                         "before restoring")
     return "\n".join(lines)
 
 

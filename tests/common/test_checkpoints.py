@@ -481,3 +481,360 @@ def test_model_only_tf_checkpoint_restores_every_block(tmp_path):
                                atol=1e-6)
     names = tf.train.load_checkpoint(manager.latest_checkpoint).get_variable_to_shape_map()
     assert sum("transformer_layer_2" in name for name in names) == 16
+
+
+# ---- our checkpoints: all-or-nothing restore, warm start, model folders ------------------------
+
+TRAIN_CONFIG = dict(vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=24, max_position_embeddings=12, hidden_dropout_prob=0.0,
+                    attention_probs_dropout_prob=0.0)
+
+
+def pretraining_examples(count=16, length=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"input_ids": rng.integers(1, 30, (count, length)).astype(np.int32),
+            "input_mask": np.ones((count, length), np.int32),
+            "segment_ids": np.repeat([[0] * (length // 2) + [1] * (length - length // 2)], count, 0).astype(np.int32),
+            "masked_lm_positions": np.tile(np.array([1, 3], np.int32), (count, 1)),
+            "masked_lm_ids": rng.integers(0, 30, (count, 2)).astype(np.int32),
+            "masked_lm_weights": np.ones((count, 2), np.float32),
+            "next_sentence_labels": rng.integers(0, 2, (count, 1)).astype(np.int32)}
+
+
+def train_pretrainer(model_dir, num_train_steps, seed=0, **config_changes):
+    """A tiny BertPretrainer trained by `common.training.train` (model + optimizer + step saved)."""
+    import keras
+
+    from common.heads import BertPretrainer
+    from common.optimization import create_optimizer
+    from common.training import bert_pretraining_loss_fn, train
+
+    examples = pretraining_examples()
+    keras.utils.set_random_seed(seed)
+    model = BertPretrainer(BertEncoder(BertConfig(**{**TRAIN_CONFIG, **config_changes})))
+    optimizer = create_optimizer(1e-2, 10, 0)
+    result = train(tf.distribute.get_strategy(), model, optimizer,
+                   lambda context: tf.data.Dataset.from_tensor_slices(examples).repeat().batch(4),
+                   bert_pretraining_loss_fn, num_train_steps, str(model_dir), progress=False, summary=False)
+    return model, result
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(tmp_path_factory):
+    """A model_dir after 3 steps of pre-training, and the trained model."""
+    model_dir = tmp_path_factory.mktemp("pretrained")
+    model, result = train_pretrainer(model_dir, 3)
+    assert result.final_step == 3
+    return model_dir, model
+
+
+def test_resume_into_the_same_model_restores_everything(pretrained_dir, tmp_path):
+    import shutil
+
+    model_dir, trained = pretrained_dir
+    resume_dir = tmp_path / "resume"
+    shutil.copytree(model_dir, resume_dir)
+    model, result = train_pretrainer(resume_dir, 3, seed=5)  # other initial weights
+    assert result.final_step == 3 and result.losses == []  # resumed at its last step: nothing to do
+    for saved, restored in zip(encoder_weights(trained), encoder_weights(model)):
+        np.testing.assert_array_equal(saved, restored)
+
+
+@pytest.mark.parametrize("changes, expected", [
+    (dict(num_hidden_layers=1), ["unused checkpoint values (16)",
+                                 "model/encoder/transformer_layer_1/_self_attention_layer/_query_dense/_kernel [16, 2, 8]"]),
+    (dict(num_hidden_layers=3), ["missing from the checkpoint (16)",
+                                 "model/encoder/transformer_layer_2/_feedforward_output_dense/bias [16]"]),
+    (dict(intermediate_size=20), ["shape mismatches (6)",
+                                  "model/encoder/transformer_layer_0/_feedforward_intermediate_dense/_kernel: "
+                                  "model [16, 20], checkpoint [16, 24]"]),
+])
+def test_resume_into_another_model_names_every_difference_and_restores_nothing(
+        pretrained_dir, tmp_path, changes, expected):
+    """restore_latest as train() calls it (model, built optimizer, step): one error, nothing assigned."""
+    from common.checkpoints import make_checkpoint_manager, restore_latest
+    from common.heads import BertPretrainer
+    from common.optimization import create_optimizer
+
+    model_dir, _ = pretrained_dir
+    model = BertPretrainer(BertEncoder(BertConfig(**{**TRAIN_CONFIG, **changes})))
+    optimizer = create_optimizer(1e-2, 10, 0)
+    optimizer.build(model.trainable_variables)
+    step = tf.Variable(0, dtype=tf.int64)
+    checkpoint, manager = make_checkpoint_manager(str(model_dir), model=model, optimizer=optimizer, step=step)
+    before = encoder_weights(model)
+    with pytest.raises(CheckpointMismatchError) as error:
+        restore_latest(checkpoint, manager)
+    message = str(error.value)
+    assert manager.latest_checkpoint in message
+    for text in expected:
+        assert text in message
+    # Optimizer slots only follow the model's differences: counted, not listed.
+    assert "optimizer/_variables" not in message and "optimizer values that differ" in message
+    assert int(step.numpy()) == 0
+    for old, new in zip(before, encoder_weights(model)):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_restore_before_the_optimizer_is_built_says_so(pretrained_dir):
+    from common.checkpoints import make_checkpoint_manager, restore_latest
+    from common.heads import BertPretrainer
+    from common.optimization import create_optimizer
+
+    model_dir, _ = pretrained_dir
+    model = BertPretrainer(BertEncoder(BertConfig(**TRAIN_CONFIG)))
+    checkpoint, manager = make_checkpoint_manager(str(model_dir), model=model,
+                                                  optimizer=create_optimizer(1e-2, 10, 0))
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)optimizer is not built yet: call optimizer.build"
+                                                       r".*unused checkpoint values.*optimizer/_variables/"):
+        restore_latest(checkpoint, manager)
+    # Asking for the model alone reads the same checkpoint (its optimizer is not asked for).
+    checkpoint, manager = make_checkpoint_manager(str(model_dir), model=model)
+    assert restore_latest(checkpoint, manager)
+
+
+def test_warm_start_pulls_the_encoder_of_a_pretrainer_into_a_classifier(pretrained_dir, tmp_path):
+    """Pre-train -> fine-tune: encoder (and MLM head) from train()'s checkpoint, own step and model_dir."""
+    import keras
+
+    from common.checkpoints import warm_start
+    from common.heads import BertClassifier, masked_lm_head as make_masked_lm_head
+    from common.optimization import create_optimizer
+    from common.training import classification_loss_fn, train
+
+    model_dir, pretrainer = pretrained_dir
+    classifier = BertClassifier(BertEncoder(BertConfig(**TRAIN_CONFIG)), num_labels=3)
+    head_before = [np.array(value) for value in classifier.classifier.get_weights()]
+    message = warm_start(str(model_dir), classifier.encoder)
+    assert message.startswith(f"warm start from model checkpoint {os.path.join(str(model_dir), 'ckpt-3')}")
+    features = {key: pretraining_examples()[key][:3] for key in ("input_ids", "input_mask", "segment_ids")}
+    expected, outputs = run_encoder(pretrainer.encoder, **_encoder_args(features)), \
+        run_encoder(classifier.encoder, **_encoder_args(features))
+    for key in ("sequence_output", "pooled_output"):
+        np.testing.assert_array_equal(outputs[key], expected[key])
+    for old, new in zip(head_before, classifier.classifier.get_weights()):
+        np.testing.assert_array_equal(old, new)  # not in the checkpoint: left alone
+
+    # Heads too, when asked: the MLM head's logits equal the pre-trained model's.
+    encoder = BertEncoder(BertConfig(**TRAIN_CONFIG))
+    head = make_masked_lm_head(encoder)
+    warm_start(str(model_dir), encoder, masked_lm_head=head)
+    positions = np.array([[1, 2]] * 3, np.int32)
+    np.testing.assert_array_equal(
+        np.asarray(head(encoder(features)["sequence_output"], mask_positions=positions)),
+        np.asarray(pretrainer.masked_lm(pretrainer.encoder(features)["sequence_output"], mask_positions=positions)))
+
+    # Warm start is not resume: fine-tuning in its own model_dir starts at step 0.
+    examples = {**features, "label_ids": np.array([0, 1, 2], np.int32)}
+    optimizer = create_optimizer(1e-3, 2, 0)
+    keras.utils.set_random_seed(0)
+    result = train(tf.distribute.get_strategy(), classifier, optimizer,
+                   lambda context: tf.data.Dataset.from_tensor_slices(examples).repeat().batch(3),
+                   classification_loss_fn, 2, str(tmp_path / "finetune"), progress=False, summary=False)
+    assert [step for step, _ in result.losses] == [1, 2]
+
+
+def _encoder_args(features):
+    return dict(input_ids=features["input_ids"], segment_ids=features["segment_ids"],
+                input_mask=features["input_mask"])
+
+
+def test_warm_start_from_a_mismatched_model_dir_assigns_nothing(pretrained_dir):
+    from common.checkpoints import warm_start
+    from common.heads import next_sentence_head as make_next_sentence_head
+
+    model_dir, _ = pretrained_dir
+    encoder = BertEncoder(BertConfig(**{**TRAIN_CONFIG, "max_position_embeddings": 16}))
+    before = encoder_weights(encoder)
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"model/encoder/position_embedding/position_embeddings: model \[16, 16\], "
+                             r"checkpoint \[12, 16\]"):
+        warm_start(str(model_dir), encoder)
+    for old, new in zip(before, encoder_weights(encoder)):
+        np.testing.assert_array_equal(old, new)
+    # A bare-encoder checkpoint has no heads to give.
+    config = BertConfig(**TRAIN_CONFIG)
+    bare_dir = os.path.join(os.path.dirname(str(model_dir)), "bare")
+    from common.checkpoints import make_checkpoint_manager
+    _, manager = make_checkpoint_manager(bare_dir, model=BertEncoder(config))
+    manager.save()
+    encoder = BertEncoder(config)
+    assert "(39 tensors)" in warm_start(bare_dir, encoder)
+    with pytest.raises(CheckpointMismatchError, match="bare encoder"):
+        warm_start(bare_dir, encoder, next_sentence_head=make_next_sentence_head(config))
+
+
+def test_warm_start_accepts_google_checkpoints_and_folders(google_checkpoint, google_weights, tmp_path):
+    from common.checkpoints import warm_start
+
+    expected_sequence, _ = numpy_bert(google_weights, INPUT_IDS, SEGMENT_IDS, INPUT_MASK, 2, 2)
+    for source in (google_checkpoint, os.path.dirname(google_checkpoint)):
+        encoder = BertEncoder(BertConfig(**TINY))
+        assert "Google checkpoint" in warm_start(source, encoder)
+        np.testing.assert_allclose(run_encoder(encoder)["sequence_output"], expected_sequence, atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint, folder or npz"):
+        warm_start(tmp_path / "absent", BertEncoder(BertConfig(**TINY)))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no checkpoint in this folder"):
+        warm_start(tmp_path / "empty", BertEncoder(BertConfig(**TINY)))
+
+
+def test_model_folder_round_trip(tmp_path):
+    from common.checkpoints import ModelFolder, read_model_folder, write_model_folder
+
+    vocab = tmp_path / "source_vocab.txt"
+    vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nこんにちは\n", encoding="utf-8")
+    model_dir = tmp_path / "model"
+    config = BertConfig(**TINY)
+    write_model_folder(model_dir, config, vocab_file=vocab, labels=["neg", "pos", "エンジン"],
+                       run_config={"max_seq_length": 32, "learning_rate": 5e-5})
+    assert sorted(os.listdir(model_dir)) == ["bert_config.json", "labels.json", "run_config.json", "vocab.txt"]
+    folder = read_model_folder(model_dir)
+    assert folder == ModelFolder(config, os.path.join(model_dir, "vocab.txt"), ["neg", "pos", "エンジン"],
+                                 {"max_seq_length": 32, "learning_rate": 5e-5}, None)
+    assert open(folder.vocab_path, encoding="utf-8").read() == vocab.read_text(encoding="utf-8")
+
+    # After training, the newest checkpoint is found; the folder rebuilds the encoder by itself.
+    from common.checkpoints import make_checkpoint_manager, warm_start
+    trained = BertEncoder(config)
+    _, manager = make_checkpoint_manager(str(model_dir), model=trained)
+    saved = manager.save()
+    folder = read_model_folder(model_dir)
+    assert folder.checkpoint_path == saved
+    rebuilt = BertEncoder(folder.config)
+    warm_start(folder.checkpoint_path, rebuilt)
+    np.testing.assert_array_equal(run_encoder(rebuilt)["pooled_output"], run_encoder(trained)["pooled_output"])
+
+    # Only what was given is written; a broken file is named with its line.
+    write_model_folder(tmp_path / "bare", config)
+    assert read_model_folder(tmp_path / "bare")[1:] == (None, None, None, None)
+    (model_dir / "labels.json").write_text('[\n"neg",\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"labels.json:3: not valid JSON"):
+        read_model_folder(model_dir)
+    with pytest.raises(FileNotFoundError, match="no bert_config.json"):
+        read_model_folder(tmp_path)
+
+
+# ---- Hugging Face masked-LM / NSP heads ---------------------------------------------------------
+
+def google_heads_to_hugging_face(weights):
+    return {"cls.predictions.transform.dense.weight": weights["cls/predictions/transform/dense/kernel"].T,
+            "cls.predictions.transform.dense.bias": weights["cls/predictions/transform/dense/bias"],
+            "cls.predictions.transform.LayerNorm.weight": weights["cls/predictions/transform/LayerNorm/gamma"],
+            "cls.predictions.transform.LayerNorm.bias": weights["cls/predictions/transform/LayerNorm/beta"],
+            "cls.predictions.bias": weights["cls/predictions/output_bias"],
+            "cls.predictions.decoder.weight": weights["bert/embeddings/word_embeddings"],
+            "cls.seq_relationship.weight": weights["cls/seq_relationship/output_weights"],
+            "cls.seq_relationship.bias": weights["cls/seq_relationship/output_bias"]}
+
+
+def test_hugging_face_folder_loads_the_pretraining_heads(tmp_path, google_weights):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    from common.checkpoints import load_hugging_face_folder, warm_start
+
+    folder = tmp_path / "hf_bert_for_pretraining"
+    folder.mkdir()
+    tensors = {**google_to_hugging_face(google_weights), **google_heads_to_hugging_face(google_weights)}
+    safetensors_numpy.save_file({name: np.ascontiguousarray(value) for name, value in tensors.items()},
+                                os.fspath(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(dict(model_type="bert", layer_norm_eps=1e-12,
+                                                        hidden_act="gelu", **TINY)))
+    encoder = BertEncoder(BertConfig(**TINY))
+    mlm_head, nsp_head = masked_lm_head(encoder), next_sentence_head(encoder.config)
+    assert "Hugging Face" in warm_start(folder, encoder, masked_lm_head=mlm_head, next_sentence_head=nsp_head)
+
+    expected_sequence, expected_pooled = numpy_bert(google_weights, INPUT_IDS, SEGMENT_IDS, INPUT_MASK, 2, 2)
+    outputs = run_encoder(encoder)
+    np.testing.assert_allclose(outputs["sequence_output"], expected_sequence, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(mlm_head(outputs["sequence_output"], mask_positions=MASKED_POSITIONS)),
+        numpy_masked_lm_logits(google_weights, expected_sequence, MASKED_POSITIONS), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(nsp_head(outputs["pooled_output"])),
+                               numpy_next_sentence_logits(google_weights, expected_pooled), atol=1e-5)
+
+    # A BertModel folder (no cls.*) refuses a head and assigns nothing, not even the encoder.
+    bare = tmp_path / "hf_bert_model"
+    bare.mkdir()
+    safetensors_numpy.save_file(google_to_hugging_face(google_weights), os.fspath(bare / "model.safetensors"))
+    (bare / "config.json").write_text((folder / "config.json").read_text())
+    fresh = BertEncoder(BertConfig(**TINY))
+    before = encoder_weights(fresh)
+    with pytest.raises(CheckpointMismatchError, match=r"cls.predictions.transform.dense.weight: missing"):
+        load_hugging_face_folder(bare, fresh, masked_lm_head=masked_lm_head(fresh))
+    for old, new in zip(before, encoder_weights(fresh)):
+        np.testing.assert_array_equal(old, new)
+
+
+# ---- bert-chainer npz ----------------------------------------------------------------------------
+
+def rename_like_bert_chainer(weights):
+    """What soskek/bert-chainer's convert_tf_checkpoint_to_chainer.py does to each `name:0` variable."""
+    arrays = {}
+    for name, value in weights.items():
+        new_name = (name + ":0").rstrip(":0")
+        new_name = new_name.replace("/embeddings/LayerNorm/", "/post_embedding_ln/")
+        new_name = new_name.replace("/embeddings/", "/")
+        new_name = new_name.replace("_embeddings", "_embeddings/W")
+        new_name = new_name.replace("/attention/output/", "/attention_output/")
+        new_name = new_name.replace("attention_output/dense", "attention_output_dense")
+        new_name = new_name.replace("/attention/self/", "/attention/")
+        new_name = new_name.replace("/LayerNorm/", "_ln/")
+        new_name = new_name.replace("/intermediate/dense/", "/intermediate_dense1/")
+        new_name = new_name.replace("/output/dense/", "/intermediate_dense2/")
+        new_name = new_name.replace("/output_ln/", "/intermediate_ln/")
+        new_name = new_name.replace("/pooler/dense/", "/pooler/")
+        new_name = new_name.replace("bias", "b").replace("kernel", "W")
+        arrays[new_name] = value.T if "kernel" in name else value
+    return arrays
+
+
+def test_bert_chainer_npz_gives_the_google_checkpoints_outputs(tmp_path, google_checkpoint, google_weights):
+    from common.checkpoints import load_chainer_npz, save_chainer_npz, warm_start
+
+    # The converter reads every variable of the graph: optimizer slots and global_step come along.
+    reader = tf.train.load_checkpoint(google_checkpoint)
+    all_variables = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+    chainer_arrays = rename_like_bert_chainer(all_variables)
+    assert "bert/encoder/layer_1/attention_output_ln/gamma" in chainer_arrays
+    npz_folder = tmp_path / "chainer_model"
+    npz_folder.mkdir()
+    np.savez(npz_folder / "arrays_bert_model.ckpt.npz", **chainer_arrays)
+
+    from_google = BertEncoder(BertConfig(**TINY))
+    load_google_checkpoint(google_checkpoint, from_google)
+    from_chainer = BertEncoder(BertConfig(**TINY))
+    mlm_head, nsp_head = masked_lm_head(from_chainer), next_sentence_head(from_chainer.config)
+    message = warm_start(npz_folder, from_chainer, masked_lm_head=mlm_head, next_sentence_head=nsp_head)
+    assert message.startswith("warm start from bert-chainer npz")
+    google_outputs, chainer_outputs = run_encoder(from_google), run_encoder(from_chainer)
+    for key in ("sequence_output", "pooled_output"):
+        np.testing.assert_array_equal(chainer_outputs[key], google_outputs[key])
+    expected_sequence, expected_pooled = numpy_bert(google_weights, INPUT_IDS, SEGMENT_IDS, INPUT_MASK, 2, 2)
+    np.testing.assert_allclose(chainer_outputs["sequence_output"], expected_sequence, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(mlm_head(chainer_outputs["sequence_output"], mask_positions=MASKED_POSITIONS)),
+        numpy_masked_lm_logits(google_weights, expected_sequence, MASKED_POSITIONS), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(nsp_head(chainer_outputs["pooled_output"])),
+                               numpy_next_sentence_logits(google_weights, expected_pooled), atol=1e-5)
+
+    # Writing gives back the converter's arrays (the model's, without slots and step).
+    saved = save_chainer_npz(from_chainer, tmp_path / "saved.npz", mlm_head, nsp_head)
+    with np.load(saved) as written:
+        expected = rename_like_bert_chainer(google_weights)
+        assert sorted(written.files) == sorted(expected)
+        for name in expected:
+            np.testing.assert_array_equal(written[name], expected[name])
+    assert os.listdir(tmp_path / "chainer_model") == ["arrays_bert_model.ckpt.npz"]
+
+    # All or nothing: a missing and a wrongly shaped array are both named, nothing assigned.
+    del chainer_arrays["bert/encoder/layer_1/intermediate_dense2/b"]
+    chainer_arrays["bert/pooler/W"] = chainer_arrays["bert/pooler/W"][:, :15]
+    np.savez(tmp_path / "broken.npz", **chainer_arrays)
+    fresh = BertEncoder(BertConfig(**TINY))
+    before = encoder_weights(fresh)
+    with pytest.raises(CheckpointMismatchError) as error:
+        load_chainer_npz(tmp_path / "broken.npz", fresh)
+    assert "bert/encoder/layer_1/intermediate_dense2/b (expected shape [16])" in str(error.value)
+    assert "bert/pooler/W: expected [16, 16], found [16, 15]" in str(error.value)
+    for old, new in zip(before, encoder_weights(fresh)):
+        np.testing.assert_array_equal(old, new)
