@@ -1,0 +1,140 @@
+"""Viewing logs: both formats, the real files' trailing comma, file:line:column errors, the labelling rule,
+the vocabulary, the synthetic generator's planted cause, the config files' key checks."""
+
+import json
+import os
+
+import pytest
+
+from common.cli import UserError
+from common.tokenization import load_vocab
+from ovt_explain.logs import (LogFormatError, build_vocabulary, label_users, read_logs, write_logs,
+                              write_program_vocab)
+from ovt_explain.make_synthetic_logs import generate_synthetic_logs, write_synthetic_logs
+from ovt_explain.run_config import load_config
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_reads_object_with_trailing_comma_and_json_lines(tmp_path):
+    obj = write(tmp_path, "viewed.txt", '{\n  "L1": "16279890004 16279893004",\n  "L2": "16277706004",\n}\n')
+    assert read_logs(obj) == {"L1": ["16279890004", "16279893004"], "L2": ["16277706004"]}
+    lines = write(tmp_path, "logs.jsonl", '{"L1": "1 2"}\n\n{"L2": "3"}\n')
+    assert read_logs(lines) == {"L1": ["1", "2"], "L2": ["3"]}
+    # Written files read back the same.
+    write_logs(tmp_path / "back.txt", {"L1": ["1", "2"], "L2": []})
+    assert read_logs(tmp_path / "back.txt") == {"L1": ["1", "2"], "L2": []}
+
+
+@pytest.mark.parametrize("text,where,message", [
+    ('{\n  "L1": "1 2",\n  "L2" "3"\n}\n', ":3:8:", "Expecting ':' delimiter"),
+    ('{\n  "L1": "1 2",\n  "L2": 3\n}\n', ":3:3:", "expected a string of space-separated programme ids"),
+    ('{\n  "L1": "1 2",\n  "L1": "3"\n}\n', ":3:3:", "appears twice"),
+    ('{\n  "L1": "1 2",\n  "L2": "3"\n', ":4:1:", "Expecting ',' delimiter"),
+    ('["1 2"]\n', ":1:1:", "expected a JSON object"),
+    ("\n\n", ":1:1:", "empty log file"),
+])
+def test_malformed_object_files_name_file_line_column(tmp_path, text, where, message):
+    path = write(tmp_path, "bad.txt", text)
+    with pytest.raises(LogFormatError) as error:
+        read_logs(path)
+    assert str(error.value).startswith(path + where), str(error.value)
+    assert message in str(error.value)
+    assert isinstance(error.value, UserError)  # CLIs turn it into one error line
+
+
+def test_malformed_json_lines_name_the_line(tmp_path):
+    path = write(tmp_path, "bad.jsonl", '{"L1": "1"}\n{"L2": "2",}\n')
+    with pytest.raises(LogFormatError, match=r"bad\.jsonl:2:12: "):
+        read_logs(path)
+    path = write(tmp_path, "bad2.jsonl", '{"L1": "1"}\n{"L1": "2"}\n')
+    with pytest.raises(LogFormatError, match=r"bad2\.jsonl:2:1: user 'L1' appears twice"):
+        read_logs(path)
+
+
+def test_labelling_rule_third_of_slots_and_history_before_first_slot():
+    # Target: 6 slots on channel 1 from time 1000 (ids = time digits + channel digit).
+    target = [f"{1000 + 300 * k}1" for k in range(6)]
+    histories = {
+        "two_slots": ["9002", "9992", "10001", "13001", "16001"],       # 2 of 6 = 1/3 -> viewed
+        "one_slot": ["9002", "10001", "25002"],                         # 1 of 6 -> not viewed
+        "late_start": ["9003", "9503", "16001", "19001", "22001"],      # 3 of 6, joined late -> viewed
+        "no_history": ["10001", "13001", "16001"],                      # nothing before -> left out
+    }
+    users = {user.user_id: user for user in label_users(histories, target)}
+    assert set(users) == {"two_slots", "one_slot", "late_start"}
+    assert users["two_slots"].label == 1 and users["two_slots"].history == ["9002", "9992"]
+    assert users["one_slot"].label == 0 and users["one_slot"].history == ["9002"]
+    # Programmes after the target's first slot time never reach the input, watched or not.
+    assert users["late_start"].label == 1 and users["late_start"].history == ["9003", "9503"]
+    assert users["late_start"].watched_share == pytest.approx(0.5)
+
+
+def test_vocabulary_min_count_and_unknown(tmp_path):
+    histories = [["a", "b", "b"], ["b", "c"], ["a"]]
+    assert build_vocabulary(histories, min_count=2) == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "b", "a"]
+    path = tmp_path / "vocab.txt"
+    write_program_vocab(histories, path, min_count=1)
+    vocab = load_vocab(path)
+    assert vocab["[PAD]"] == 0 and vocab["b"] == 5 and len(vocab) == 8
+
+
+def test_synthetic_logs_are_deterministic_and_plant_the_cause(tmp_path):
+    first = generate_synthetic_logs(num_users=300, num_days=3, num_channels=4, random_seed=5)
+    again = generate_synthetic_logs(num_users=300, num_days=3, num_channels=4, random_seed=5)
+    assert first.histories == again.histories and first.planted == again.planted
+    planted = first.planted
+    cause = set(planted["cause_slots"])
+    users = label_users(first.histories, planted["target_slots"])
+    assert 20 < sum(u.label for u in users) < len(users) - 20
+
+    def episodes(user):
+        return len({first.programs[slot]["program"] for slot in cause.intersection(user.history)})
+    # The planted rule: >= 2 episodes of S before T -> viewed with p 0.9, otherwise 0.05.
+    fans = [u.label for u in users if episodes(u) >= 2]
+    others = [u.label for u in users if episodes(u) < 2]
+    assert len(fans) > 30 and len(others) > 30
+    assert sum(fans) / len(fans) > 0.8 and sum(others) / len(others) < 0.12
+    assert all(slot in first.programs for slot in planted["cause_slots"] + planted["target_slots"])
+    result = write_synthetic_logs(str(tmp_path / "syn"), num_users=50, num_days=2, num_channels=3)
+    assert len(read_logs(result["paths"]["logs.txt"])) == result["users"]
+    assert json.load(open(result["paths"]["planted.json"]))["target_slots"]
+
+
+def test_config_keys_are_checked_with_file_and_line(tmp_path):
+    from ovt_explain.bert_cls import CLS_KEYS, IGNORED_KEYS
+    from ovt_explain.bert_pretraining import PRETRAINING_KEYS
+
+    good = write(tmp_path, "pre.json", json.dumps({"train_file": "logs.txt", "vocab_file": "v.txt",
+                                                   "output_dir": "out", "num_bert_layers": 2,
+                                                   "per_device_train_batch_size": 4}, indent=1))
+    config = load_config(good, PRETRAINING_KEYS)
+    assert config["num_hidden_layers"] == 2 and config["batch_size"] == 4 and config["train_file"] == ["logs.txt"]
+    assert config["max_seq_length"] == 512 and config["hidden_size"] == 256  # the paper's defaults
+    typo = write(tmp_path, "typo.json", '{\n "output_dir": "o",\n "max_seq_lenght": 64\n}')
+    with pytest.raises(UserError, match=r"typo\.json:3: unknown key 'max_seq_lenght' \(did you mean 'max_seq_length'"):
+        load_config(typo, CLS_KEYS, IGNORED_KEYS)
+    missing = write(tmp_path, "missing.json", '{"vocab_file": "v", "output_dir": "o"}')
+    with pytest.raises(UserError, match=r"missing\.json: missing required key 'train_file'"):
+        load_config(missing, PRETRAINING_KEYS)
+    wrong = write(tmp_path, "wrong.json", '{\n "output_dir": "o",\n "epochs": "3"\n}')
+    with pytest.raises(UserError, match=r"wrong\.json:3: key 'epochs' must be float"):
+        load_config(wrong, CLS_KEYS, IGNORED_KEYS)
+
+
+def test_example_configs_document_every_key():
+    from ovt_explain.bert_cls import CLS_KEYS, IGNORED_KEYS as CLS_IGNORED
+    from ovt_explain.bert_pretraining import IGNORED_KEYS, PRETRAINING_KEYS
+
+    folder = os.path.join(os.path.dirname(__file__), "..", "..", "ovt_explain", "configs")
+    for name, keys, ignored in (("pretraining_config.json", PRETRAINING_KEYS, IGNORED_KEYS),
+                                ("cls_config.json", CLS_KEYS, CLS_IGNORED)):
+        path = os.path.join(folder, name)
+        example = json.load(open(path))
+        for key in keys:
+            assert f"//{key.name}" in example, f"{name} does not document {key.name}"
+        load_config(path, keys, ignored)  # and it loads
