@@ -37,15 +37,18 @@ def freeze_encoder(encoder: BertEncoder, trainable_last_layers: int, train_poole
             or not 0 <= trainable_last_layers <= len(layers):
         raise ValueError(f"trainable_last_layers must be an integer in [0, {len(layers)}] "
                          f"(the encoder has {len(layers)} layers), got {trainable_last_layers!r}")
-    encoder.trainable = True  # also resets every sub-layer, so a second call starts afresh
-    embeddings = [encoder.token_embedding, encoder.segment_embedding, encoder.position_embedding,
-                  encoder.embeddings_layer_norm]
-    frozen = [] if train_embeddings else [layer for layer in embeddings if layer is not None]
-    frozen += layers[:len(layers) - trainable_last_layers]
-    if not train_pooler and encoder.pooler_dense is not None:
-        frozen.append(encoder.pooler_dense)
-    for layer in frozen:
-        layer.trainable = False
+    embeddings = [layer for layer in (encoder.token_embedding, encoder.segment_embedding,
+                                      encoder.position_embedding, encoder.embeddings_layer_norm)
+                  if layer is not None]
+    settings = [(layer, train_embeddings) for layer in embeddings]
+    settings += [(layer, index >= len(layers) - trainable_last_layers) for index, layer in enumerate(layers)]
+    if encoder.pooler_dense is not None:
+        settings.append((encoder.pooler_dense, train_pooler))
+    encoder.trainable = True
+    # Every part is set explicitly: a Keras model's `trainable = True` does not reach parts
+    # frozen before, so a second call must not rely on it.
+    for layer, trainable in settings:
+        layer.trainable = trainable
 
     trainable = encoder.trainable_variables
     trained_parts = ([] if not train_embeddings else ["embeddings"])
