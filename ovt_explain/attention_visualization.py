@@ -438,18 +438,22 @@ def visualize(checkpoint: str, users_path: str, out_dir: str, programs_path: str
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "bert_cls output_dir (or a checkpoint prefix inside it).")
-flags.DEFINE_string("users", None, "Logs file of the users to explain (e.g. bert_cls' viewed.txt).")
-flags.DEFINE_string("out", None, "Output folder for the PNGs, the HTML page and the JSON dumps.")
-flags.DEFINE_string("programs", None, "Programme table JSON: slot id -> {channel, time, title}.")
-flags.DEFINE_list("methods", list(attention_lib.METHODS), "Methods: raw, rollout, flow.")
-flags.DEFINE_integer("max_users", 5, "Explain at most this many users of the file (in file order).")
-flags.DEFINE_enum("flow_rows", "cls", ["cls", "all"], "Attention flow for the [CLS] row only, or every token.")
-flags.DEFINE_integer("graph_tokens", 16, "Tokens drawn in the layered graph ([CLS] + the most important).")
-flags.DEFINE_integer("top_edges", 3, "Edges drawn per node in the layered graph.")
-flags.DEFINE_integer("top_tokens", 15, "Programmes in the importance bar charts.")
-flags.DEFINE_bool("dump_json", False, "Also write each method's matrices as JSON, like the original.")
-flags.DEFINE_integer("num_workers", None, "Threads for attention flow (default: all cores).")
+
+
+def define_flags():
+    """Flags only when run as a script, so importing the module defines none."""
+    flags.DEFINE_string("checkpoint", None, "bert_cls output_dir (or a checkpoint prefix inside it).")
+    flags.DEFINE_string("users", None, "Logs file of the users to explain (e.g. bert_cls' viewed.txt).")
+    flags.DEFINE_string("out", None, "Output folder for the PNGs, the HTML page and the JSON dumps.")
+    flags.DEFINE_string("programs", None, "Programme table JSON: slot id -> {channel, time, title}.")
+    flags.DEFINE_list("methods", list(attention_lib.METHODS), "Methods: raw, rollout, flow.")
+    flags.DEFINE_integer("max_users", 5, "Explain at most this many users of the file (in file order).")
+    flags.DEFINE_enum("flow_rows", "cls", ["cls", "all"], "Attention flow for the [CLS] row only, or every token.")
+    flags.DEFINE_integer("graph_tokens", 16, "Tokens drawn in the layered graph ([CLS] + the most important).")
+    flags.DEFINE_integer("top_edges", 3, "Edges drawn per node in the layered graph.")
+    flags.DEFINE_integer("top_tokens", 15, "Programmes in the importance bar charts.")
+    flags.DEFINE_bool("dump_json", False, "Also write each method's matrices as JSON, like the original.")
+    flags.DEFINE_integer("num_workers", None, "Threads for attention flow (default: all cores).")
 
 
 def main(argv):
@@ -464,4 +468,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)

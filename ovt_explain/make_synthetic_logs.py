@@ -188,11 +188,15 @@ def write_synthetic_logs(output_dir: str, **settings) -> dict:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output_dir", None, "Folder for logs.txt, programs.json and planted.json.")
-flags.DEFINE_integer("num_users", 3000, "Users to simulate.")
-flags.DEFINE_integer("num_days", 7, "Days of evening schedule (18:00-23:00); the target airs on the last.")
-flags.DEFINE_integer("num_channels", 6, "Channels (2..9: one digit of the slot id).")
-flags.DEFINE_integer("random_seed", 0, "Seed; the same seed writes the same files.")
+
+
+def define_flags():
+    """Flags only when run as a script, so importing the module defines none."""
+    flags.DEFINE_string("output_dir", None, "Folder for logs.txt, programs.json and planted.json.")
+    flags.DEFINE_integer("num_users", 3000, "Users to simulate.")
+    flags.DEFINE_integer("num_days", 7, "Days of evening schedule (18:00-23:00); the target airs on the last.")
+    flags.DEFINE_integer("num_channels", 6, "Channels (2..9: one digit of the slot id).")
+    flags.DEFINE_integer("random_seed", 0, "Seed; the same seed writes the same files.")
 
 
 def main(argv):
@@ -209,4 +213,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)
