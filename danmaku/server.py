@@ -17,12 +17,15 @@ import base64
 import collections
 import http.server
 import json
+import re
 import threading
 import time
 from typing import Callable, Sequence
 
 import numpy as np
 from absl import logging
+
+from common.cli import UserError
 
 _ALLOWED_FORMATS = ("json", "base64")
 
@@ -314,3 +317,66 @@ class EmbeddingServer:
 def sentence_encoder_fn(sentence_encoder) -> Callable[[Sequence[str]], np.ndarray]:
     """`common.embeddings.SentenceEncoder.encode` as the server's `encode_fn`."""
     return lambda texts: sentence_encoder.encode(list(texts))
+
+
+# ---- the command line's pieces (danmaku.serve) ---------------------------------------------------
+
+_LIST_FLAGS = ("pooling_layer",)
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """bert-as-service's `-pooling_layer -4 -3 -2 -1` (argparse nargs='+') -> `--pooling_layer=-4,-3,-2,-1`."""
+    result, index = [], 0
+    while index < len(argv):
+        argument = argv[index]
+        name = argument.lstrip("-")
+        if argument.startswith("-") and name in _LIST_FLAGS:
+            values = []
+            while index + 1 < len(argv) and re.fullmatch(r"-?\d+", argv[index + 1]):
+                values.append(argv[index + 1])
+                index += 1
+            result.append(f"--{name}={','.join(values)}" if values else argument)
+        else:
+            result.append(argument)
+        index += 1
+    return result
+
+
+def parse_max_seq_len(value: str, model_limit: int) -> int:
+    if str(value).upper() == "NONE":
+        return model_limit
+    try:
+        length = int(value)
+    except ValueError:
+        raise UserError(f"-max_seq_len must be an integer or NONE, got {value!r}") from None
+    if not 3 <= length <= model_limit:
+        raise UserError(f"-max_seq_len={length} must be in 3..{model_limit} (the model's positions)")
+    return length
+
+
+def build_server(model_dir: str, tuned_model_dir: str | None = None, ckpt_name: str | None = None,
+                 config_name: str = "bert_config.json", max_seq_len: str | int = 25,
+                 pooling_strategy: str = "REDUCE_MEAN", pooling_layer=(-2,), mask_cls_sep: bool = False,
+                 max_batch_size: int = 256, num_worker: int = 1, host: str = "127.0.0.1", port: int = 8125,
+                 lowercase: bool | None = None, **server_kwargs):
+    """Loads the model and returns an `EmbeddingServer` (not yet serving)."""
+    from common.embeddings import SentenceEncoder, check_strategy
+    from danmaku.models import load_model
+
+    loaded = load_model(model_dir, tuned_model_dir, ckpt_name, config_name, lowercase=lowercase)
+    length = parse_max_seq_len(str(max_seq_len), loaded.config.max_position_embeddings)
+    try:
+        layers = tuple(int(layer) for layer in pooling_layer)
+        sentence_encoder = SentenceEncoder(loaded.encoder, loaded.tokenizer, pooling=pooling_strategy,
+                                           layers=layers, max_seq_length=length, batch_size=max_batch_size,
+                                           mask_cls_sep=mask_cls_sep)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    info = {"model_dir": model_dir, "tuned_model_dir": tuned_model_dir, "weights": loaded.weights,
+            "pooling_strategy": check_strategy(pooling_strategy), "pooling_layer": list(layers),
+            "mask_cls_sep": mask_cls_sep, "max_seq_len": length, "width": sentence_encoder.width,
+            "vocab_size": loaded.tokenizer.vocab_size, "do_lower_case": loaded.tokenizer.lowercase}
+    sentence_encoder.encode(["warm up"])  # trace once before the first client waits for it
+    return EmbeddingServer(sentence_encoder_fn(sentence_encoder), host=host, port=port,
+                           max_batch_size=max_batch_size, num_worker=num_worker, info=info,
+                           output_length=length, **server_kwargs)

@@ -1,0 +1,70 @@
+"""Danmaku corpus -> pre-training TFRecords: what `python -m danmaku.create_pretraining_data` runs."""
+
+from __future__ import annotations
+
+import os
+
+from absl import logging
+
+from common.cli import UserError
+from common.tokenization import BertTokenizer, VocabError, compute_char_vocabulary, compute_wordpiece_vocabulary
+from danmaku.corpus import DanmakuCorpus
+from danmaku.files import output_prefix_of
+
+
+def build_vocabulary(input_files, input_format: str, vocab_size: int, vocab_type: str, lowercase: bool,
+                     output_path: str) -> list[str]:
+    """A vocabulary of the corpus' comments, written to `output_path` (which must not exist yet)."""
+    if os.path.exists(output_path):
+        raise UserError(f"{output_path}: already exists; give --vocab_file without --build_vocab "
+                        "to use it, or another path to build a new one")
+    comments = DanmakuCorpus(input_files, input_format).comments()
+    try:
+        if vocab_type == "char":
+            return compute_char_vocabulary(lines=comments, vocab_size=vocab_size, lowercase=lowercase,
+                                           output_path=output_path)
+        return compute_wordpiece_vocabulary(vocab_size, lines=comments, lowercase=lowercase,
+                                            output_path=output_path)
+    except ValueError as error:
+        raise UserError(f"--build_vocab={vocab_size}: {error}") from None
+
+
+def create_pretraining_data(input_files, output_file: str, vocab_file: str | None = None, *,
+                            do_lower_case: bool = True, input_format: str = "txt",
+                            drop_oov_comments: bool = False, build_vocab: int = 0,
+                            vocab_type: str = "char", num_shards: int = 1, num_workers: int | None = None,
+                            progress: bool = True, **instance_kwargs) -> dict:
+    """Danmaku files -> sharded pre-training TFRecords; returns the statistics (also logged).
+
+    `instance_kwargs` go to `common.pretraining_data.create_training_instances` (max_seq_length,
+    max_predictions_per_seq, masked_lm_prob, dupe_factor, short_seq_prob, random_seed,
+    do_whole_word_mask). The whole corpus is read once first, so a malformed line fails before
+    anything is written.
+    """
+    from common.pretraining_data import write_pretraining_data
+
+    prefix = output_prefix_of(output_file)
+    if build_vocab:
+        vocab_file = vocab_file or os.path.join(os.path.dirname(os.path.abspath(output_file)), "vocab.txt")
+        vocab = build_vocabulary(input_files, input_format, build_vocab, vocab_type, do_lower_case, vocab_file)
+        logging.info("built a %d-token %s vocabulary: %s", len(vocab), vocab_type, vocab_file)
+    elif not vocab_file:
+        raise UserError("give --vocab_file (e.g. chinese_L-12_H-768_A-12/vocab.txt) or --build_vocab=N")
+    try:
+        tokenizer = BertTokenizer.from_vocab_file(vocab_file, lowercase=do_lower_case)
+    except VocabError as error:
+        raise UserError(str(error)) from None
+
+    corpus = DanmakuCorpus(input_files, input_format, tokenize=tokenizer.tokenize,
+                           drop_oov_comments=drop_oov_comments)
+    corpus_stats = corpus.scan()
+    if corpus_stats.documents < 2:
+        # Random-next segments come from another document (one video: a blank-line block or a CSV file).
+        raise UserError(f"{', '.join(corpus.files)}: {corpus_stats.documents} document(s) with comments; "
+                        "next-sentence instances need at least 2")
+    logging.info("corpus: %s", corpus_stats.as_dict())
+    write_stats = write_pretraining_data(corpus, prefix, vocab_file, tokenize=tokenizer.tokenize,
+                                         num_shards=num_shards, num_workers=num_workers, progress=progress,
+                                         **instance_kwargs)
+    stats = {**corpus_stats.as_dict(), **write_stats, "vocab_file": vocab_file}
+    return stats

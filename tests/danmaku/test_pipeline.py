@@ -1,0 +1,128 @@
+"""Corpus -> TFRecords -> continued pre-training from a Google folder -> the four numbers -> served by the CLI."""
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common.embeddings import SentenceEncoder
+from danmaku.client import BertClient
+from danmaku.data import create_pretraining_data
+from danmaku.models import load_model
+from danmaku.pretraining import (PretrainingSettings, format_table, read_eval_results, run_pretraining)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GOOGLE_KEYS = {"global_step", "loss", "masked_lm_accuracy", "masked_lm_loss", "next_sentence_accuracy",
+               "next_sentence_loss"}
+STEPS = 40
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def write_corpus(path, phrases, num_documents, seed):
+    """Videos of repeated catch-phrases: each video favours two of them, so there is something to learn."""
+    rng = random.Random(seed)
+    documents = []
+    for _ in range(num_documents):
+        favourites = rng.sample(phrases, 2)
+        documents.append("\n".join(rng.choice(favourites) if rng.random() < 0.8 else rng.choice(phrases)
+                                   for _ in range(rng.randint(8, 16))))
+    path.write_text("\n\n".join(documents) + "\n", encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir, corpus_lines):
+    root = tmp_path_factory.mktemp("pipeline")
+    vocab = os.path.join(tiny_model_dir, "vocab.txt")
+    data = {}
+    for name, documents, seed in (("train", 60, 1), ("eval", 12, 2)):
+        corpus = write_corpus(root / f"{name}.txt", corpus_lines[:10], documents, seed)
+        stats = create_pretraining_data(corpus, str(root / f"{name}.tfrecord"), vocab, num_workers=1, progress=False,
+                                        max_seq_length=32, max_predictions_per_seq=5, dupe_factor=3,
+                                        random_seed=seed)
+        assert stats["instances"] > 0 and stats["masked_unk_share"] == 0.0
+        data[name] = str(root / f"{name}.tfrecord")
+    settings = PretrainingSettings(
+        input_file=data["train"], eval_input_file=data["eval"], output_dir=str(root / "model"),
+        init_checkpoint=tiny_model_dir, train_batch_size=16, eval_batch_size=16, max_seq_length=32,
+        max_predictions_per_seq=5, num_train_steps=STEPS, num_warmup_steps=4, learning_rate=2e-3,
+        save_checkpoints_steps=20, iterations_per_loop=10, max_eval_steps=10, progress=False)
+    result = run_pretraining(tf.distribute.get_strategy(), settings)
+    return settings, result
+
+
+def test_pretraining_writes_the_four_numbers_in_googles_format(trained):
+    settings, result = trained
+    output_dir = settings.output_dir
+    assert "heads: random" in result["loaded_from"]  # the Google folder has no cls/ tensors
+    values = read_eval_results(os.path.join(output_dir, "eval_results.txt"))
+    assert set(values) == GOOGLE_KEYS and values["global_step"] == STEPS
+    assert values == pytest.approx(result["rows"]["eval"])
+    rows = result["rows"]
+    assert set(rows) == {"before_training", "train", "eval"}
+    for row in rows.values():
+        assert 0.0 <= row["masked_lm_accuracy"] <= 1.0 and 0.0 <= row["next_sentence_accuracy"] <= 1.0
+        assert row["loss"] == pytest.approx(row["masked_lm_loss"] + row["next_sentence_loss"])
+    # Repeated catch-phrases are easy: the masked-LM loss drops well below its start (log 57 = 4.0).
+    assert rows["eval"]["masked_lm_loss"] < rows["before_training"]["masked_lm_loss"] - 0.5
+    table = format_table(rows)
+    assert table.splitlines()[0] == ("| | masked_lm_accuracy | masked_lm_loss | next_sentence_accuracy | "
+                                     "next_sentence_loss |")
+    assert "| before training (eval data) (step 0) |" in table and f"| evaluation data (step {STEPS}) |" in table
+    for name in ("bert_config.json", "vocab.txt", f"ckpt-{STEPS}.index", f"model.ckpt-{STEPS}.index",
+                 "eval_results.json", "run_config.json"):
+        assert os.path.isfile(os.path.join(output_dir, name)), name
+
+    # --do_eval alone restores the last checkpoint and reproduces the evaluation exactly.
+    again = run_pretraining(tf.distribute.get_strategy(),
+                            PretrainingSettings(**{**vars(settings), "do_train": False}))
+    assert again["final_step"] == STEPS
+    assert again["rows"]["eval"] == pytest.approx(rows["eval"], abs=1e-6)
+    assert again["rows"]["before_training"] == pytest.approx(rows["before_training"])
+
+
+def test_serve_cli_loads_the_tuned_checkpoint_with_bert_as_service_flags(trained, tiny_model_dir):
+    settings, _ = trained
+    texts = ["前方高能", "awsl", "泪目泪目"]
+    tuned = load_model(tiny_model_dir, settings.output_dir, f"model.ckpt-{STEPS}")
+    expected = SentenceEncoder(tuned.encoder, tuned.tokenizer, layers=(-1,), max_seq_length=16).encode(texts)
+    untuned = load_model(tiny_model_dir)
+    before = SentenceEncoder(untuned.encoder, untuned.tokenizer, layers=(-1,), max_seq_length=16).encode(texts)
+    assert np.abs(expected - before).max() > 1e-3  # the tuned weights really differ
+
+    port = free_port()
+    # The seed's own command line, with `python -m danmaku.serve` for `bert-serving-start`.
+    command = [sys.executable, "-m", "danmaku.serve", "-model_dir", tiny_model_dir,
+               f"-tuned_model_dir={settings.output_dir}", f"-ckpt_name=model.ckpt-{STEPS}", "-num_worker=1",
+               "-pooling_layer=-1", "-max_seq_len", "16", "-port", str(port)]
+    server = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        line = ""
+        while time.time() < deadline and "ready:" not in line:
+            line = server.stdout.readline()
+            if not line and server.poll() is not None:
+                break
+        assert "ready:" in line, f"server did not start (exit {server.poll()})"
+        vectors = BertClient(port=port, timeout=30000).encode(texts)
+        np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(30)
+        finally:
+            if server.poll() is None:
+                server.kill()
+    assert server.returncode == 0
