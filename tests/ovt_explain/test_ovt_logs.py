@@ -138,3 +138,20 @@ def test_example_configs_document_every_key():
         for key in keys:
             assert f"//{key.name}" in example, f"{name} does not document {key.name}"
         load_config(path, keys, ignored)  # and it loads
+
+
+def test_paper_sample_files_and_train_dir_layout(shared_data, tmp_path):
+    """The paper's sample files (trailing comma and all) read, and train_dir labels them by file name."""
+    from ovt_explain.bert_cls import load_labelled_users
+
+    folder = os.path.join(shared_data, "ovt")
+    if not os.path.isdir(folder):
+        pytest.skip("../shared/data/ovt is not present")
+    viewed = read_logs(os.path.join(folder, "viewed.txt"))
+    assert len(viewed) == 5 and all(len(h) > 10 and all(len(p) == 11 and p.isdigit() for p in h)
+                                    for h in viewed.values())
+    config = {"train_dir": folder, "train_file": None, "target_program": None, "random_seed": 0,
+              "randomize_data": False, "train_data_max_per_label": 4}
+    users = load_labelled_users(config, "cls_config.json")
+    assert [label for *_, label in users] == [0] * 4 + [1] * 4  # not_viewed*, viewed*; predict_missed unused
+    assert users[4][0] == next(iter(viewed)) and users[4][1] == viewed[users[4][0]]
