@@ -244,6 +244,20 @@ def _assemble(block: _Block, spans: np.ndarray, settings: InstanceSettings, np_r
     return ids, lengths, segment_ids
 
 
+def _smallest_keys(keys: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Boolean mask of the `counts[i]` smallest keys of every row i, keys of 2.0 (not candidates) excluded."""
+    rows, width = keys.shape
+    most = int(min(max(int(counts.max()), 1), width))
+    smallest = np.argpartition(keys, most - 1, axis=1)[:, :most] if most < width else np.tile(np.arange(width), (rows, 1))
+    smallest_keys = np.take_along_axis(keys, smallest, axis=1)
+    rank = np.empty_like(smallest)
+    np.put_along_axis(rank, np.argsort(smallest_keys, axis=1), np.arange(most)[None, :].repeat(rows, axis=0), axis=1)
+    chosen = (rank < counts[:, None]) & (smallest_keys < 2.0)
+    selected = np.zeros((rows, width), dtype=bool)
+    np.put_along_axis(selected, smallest, chosen, axis=1)
+    return selected
+
+
 def _mask(ids: np.ndarray, lengths: np.ndarray, settings: InstanceSettings, np_rng: np.random.Generator,
           vocab: _Vocabulary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Google's masking, vectorised over instances. Replaces `ids` in place; returns positions, labels, counts."""
@@ -254,22 +268,23 @@ def _mask(ids: np.ndarray, lengths: np.ndarray, settings: InstanceSettings, np_r
     num_to_predict = np.minimum(max_predictions,
                                 np.maximum(1, np.rint(lengths * settings.masked_lm_prob).astype(np.int64)))
 
-    # Candidate groups: single tokens, or with whole-word masking a word and its following `##` pieces (a group
-    # never crosses [CLS]/[SEP], where Google's would join a `##` piece opening segment B to A's last word).
-    if settings.do_whole_word_mask:
+    if not settings.do_whole_word_mask:
+        # Google shuffles the candidates and takes the first num_to_predict: the positions of the smallest random keys.
+        keys = np.where(candidate, np_rng.random((rows, width)), 2.0)
+        selected = _smallest_keys(keys, num_to_predict)
+    else:
+        # Candidate groups: a word and its following `##` pieces (a group never crosses [CLS]/[SEP], where Google's
+        # would join a `##` piece opening segment B to A's last word).
         previous_candidate = np.zeros_like(candidate)
         previous_candidate[:, 1:] = candidate[:, :-1]
         starts = candidate & ~(vocab.is_continuation[ids] & previous_candidate)
-    else:
-        starts = candidate
-    group_of = np.cumsum(starts, axis=1) - 1  # group index of every candidate position
-    num_groups = starts.sum(axis=1)
-    max_groups = int(num_groups.max()) if rows else 0
-    # A random order of every row's groups (Google shuffles the candidate list), then greedy selection in that order.
-    keys = np_rng.random((rows, max_groups))
-    keys[np.arange(max_groups)[None, :] >= num_groups[:, None]] = 2.0  # absent groups sort last
-    order = np.argsort(keys, axis=1, kind="stable")
-    if settings.do_whole_word_mask:
+        group_of = np.cumsum(starts, axis=1) - 1  # group index of every candidate position
+        num_groups = starts.sum(axis=1)
+        max_groups = int(num_groups.max()) if rows else 0
+        # A random order of every row's groups (Google shuffles the candidate list), then greedy selection in it.
+        keys = np_rng.random((rows, max_groups))
+        keys[np.arange(max_groups)[None, :] >= num_groups[:, None]] = 2.0  # absent groups sort last
+        order = np.argsort(keys, axis=1, kind="stable")
         group_length = np.zeros((rows, max_groups + 1), dtype=np.int64)
         np.add.at(group_length, (np.nonzero(candidate)[0], group_of[candidate]), 1)
         ranked_length = np.take_along_axis(group_length[:, :max_groups], order, axis=1)
@@ -282,21 +297,18 @@ def _mask(ids: np.ndarray, lengths: np.ndarray, settings: InstanceSettings, np_r
             count += np.where(take, length, 0)
             if np.all(count >= num_to_predict):
                 break
-    else:
-        chosen_ranked = np.arange(max_groups)[None, :] < num_to_predict[:, None]
-    chosen_group = np.zeros((rows, max_groups + 1), dtype=bool)
-    np.put_along_axis(chosen_group, order, chosen_ranked, axis=1)
-    selected = candidate & np.take_along_axis(chosen_group, np.where(candidate, group_of, max_groups), axis=1)
+        chosen_group = np.zeros((rows, max_groups + 1), dtype=bool)
+        np.put_along_axis(chosen_group, order, chosen_ranked, axis=1)
+        selected = candidate & np.take_along_axis(chosen_group, np.where(candidate, group_of, max_groups), axis=1)
 
     counts = selected.sum(axis=1)
     # Positions in increasing order (Google sorts the predictions by position), padded with 0.
-    position_order = np.argsort(~selected, axis=1, kind="stable")[:, :max_predictions]
-    valid = np.arange(min(max_predictions, width))[None, :] < counts[:, None]
-    positions = np.where(valid, position_order, 0).astype(np.int32)
+    selected_rows, selected_columns = np.nonzero(selected)  # row-major: columns ascend within a row
+    slots = np.arange(len(selected_rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    positions = np.zeros((rows, max_predictions), dtype=np.int32)
+    positions[selected_rows, slots] = selected_columns
+    valid = np.arange(max_predictions)[None, :] < counts[:, None]
     labels = np.where(valid, np.take_along_axis(ids, positions, axis=1), 0).astype(np.int32)
-    if positions.shape[1] < max_predictions:  # sequences shorter than the prediction cap
-        padding = ((0, 0), (0, max_predictions - positions.shape[1]))
-        positions, labels, valid = np.pad(positions, padding), np.pad(labels, padding), np.pad(valid, padding)
 
     # 80% [MASK], else half the time unchanged and half the time a random vocabulary token.
     draw = np_rng.random((rows, max_predictions))
@@ -491,15 +503,20 @@ def _write_block_task(task) -> dict:
     arrays, num_documents = _block_instances(documents, block_index, settings, vocab, _worker_state["tokenize"])
     framed = []
     if len(arrays):
-        records = tfrecords.serialize_examples(_arrays_to_features(arrays, settings.max_seq_length))
         # Shards take the block's (shuffled) instances in turn from a seeded start: balanced and worker-independent.
         start = int(np.random.default_rng(_block_rng(settings, block_index, settings.dupe_factor + 1)).integers(num_shards))
         shard_of = (start + np.arange(len(arrays))) % num_shards
-        for shard in range(num_shards):
-            selected = np.flatnonzero(shard_of == shard)
-            if len(selected):
-                framed.append((shard, tfrecords.frame_records(tfrecords.select_records(records, selected)),
-                               len(selected)))
+        by_shard = np.argsort(shard_of, kind="stable")  # each shard's records contiguous, in block order
+        records = tfrecords.serialize_examples(_arrays_to_features(arrays.take(by_shard), settings.max_seq_length))
+        record_ends = np.cumsum(records.lengths)
+        first = 0
+        for shard, count in enumerate(np.bincount(shard_of, minlength=num_shards).tolist()):
+            if count:
+                begin_byte = int(record_ends[first - 1]) if first else 0
+                shard_records = tfrecords.PackedRecords(records.data[begin_byte:int(record_ends[first + count - 1])],
+                                                        records.lengths[first:first + count])
+                framed.append((shard, tfrecords.frame_records(shard_records), count))
+                first += count
     valid = np.arange(arrays.masked_lm_ids.shape[1])[None, :] < arrays.masked_lm_counts[:, None]
     return {"framed": framed, "documents": num_documents, "instances": len(arrays),
             "masked_tokens": int(arrays.masked_lm_counts.sum()),
@@ -523,8 +540,15 @@ def _worker_pool(num_workers: int, init_args):
             _worker_state.clear()
         return
     context = multiprocessing.get_context("fork" if _fork_is_safe() else "spawn")
-    with context.Pool(num_workers, initializer=_init_worker, initargs=init_args) as pool:
+    pool = context.Pool(num_workers, initializer=_init_worker, initargs=init_args)
+    try:
         yield pool
+        pool.close()  # workers finish and exit normally
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
 
 
 def _run_ordered(pool, tasks: Iterable, num_workers: int) -> Iterator[dict]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import unicodedata
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -223,6 +224,11 @@ def truncate_seq_pair(tokens_a: list, tokens_b: list, max_length: int) -> None:
             tokens_b.pop()
 
 
+_ASCII_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # removed by cleaning (not \t \n \r)
+_ASCII_WORD_OR_PUNCTUATION = re.compile("[!-/:-@\\[-`{-~]|[^!-/:-@\\[-`{-~]+")  # Google's ASCII punctuation
+_WORD_CACHE_SIZE = 200_000  # words whose pieces a tokenizer remembers (tokenization is per word)
+
+
 class BertTokenizer:
     """Google BERT `FullTokenizer` plus model encoding: text -> wordpieces -> ids -> fixed-length features."""
 
@@ -283,8 +289,29 @@ class BertTokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         """Text -> wordpiece strings (no [CLS]/[SEP])."""
-        return [piece for word in self.basic_tokenizer.tokenize(text)
-                for piece in self.wordpiece_tokenizer.tokenize_word(word)]
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        # Cleaning maps characters one by one, so every whitespace-separated word can be tokenized alone, and
+        # cached; printable ASCII (and whitespace) needs no cleaning at all.
+        if text.isascii() and not _ASCII_CONTROL.search(text):
+            words = text.split()
+        else:
+            words = self.basic_tokenizer._clean_and_space_cjk(text).split()
+        cache = self.__dict__.setdefault("_word_pieces", {})
+        pieces = []
+        for word in words:
+            word_pieces = cache.get(word)
+            if word_pieces is None:
+                if word.isascii():  # no accents to strip; punctuation is every non-alphanumeric character
+                    basic_words = _ASCII_WORD_OR_PUNCTUATION.findall(word.lower() if self.lowercase else word)
+                else:
+                    basic_words = self.basic_tokenizer.tokenize(word)
+                word_pieces = [piece for basic_word in basic_words
+                               for piece in self.wordpiece_tokenizer.tokenize_word(basic_word)]
+                if len(cache) < _WORD_CACHE_SIZE:
+                    cache[word] = word_pieces
+            pieces.extend(word_pieces)
+        return pieces
 
     def convert_tokens_to_ids(self, tokens: Iterable[str]) -> list[int]:
         unk_id = self.vocab[self.unk_token]

@@ -1,0 +1,169 @@
+"""Pre-training data throughput: ours (common.pretraining_data) against Google BERT's create_pretraining_data.py.
+
+Both turn the same synthetic corpus file (one sentence a line, blank lines between documents) into MLM + NSP
+TFRecords with the same settings and the same WordPiece tokenization (ours is Google-exact); the corpus's words
+follow Zipf's law, as natural text does. Google's script comes
+from the PyPI wheel `bert-tensorflow==1.0.4`, downloaded with pip into a temporary folder (never installed); if that
+fails the JSON says so. Prints one JSON line: instances/s of each (wall clock, and an idle-machine estimate from CPU
+time: CPU seconds / workers), the ratios and the 10x target.
+
+    python bench/pretraining_data.py [--documents 1000] [--workers 2] [--dupe_factor 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+
+from common import pretraining_data  # noqa: E402
+from common.tokenization import BertTokenizer, write_vocab  # noqa: E402
+
+SETTINGS = dict(max_seq_length=128, max_predictions_per_seq=20, masked_lm_prob=0.15, short_seq_prob=0.1,
+                random_seed=12345)
+SUFFIXES = ["##s", "##ing", "##ed", "##er", "##ly"]
+
+
+def make_corpus(directory: str, num_documents: int, seed: int = 0) -> tuple[str, str]:
+    """A vocabulary of made-up words and WordPiece suffixes, and a corpus file in Google's input format."""
+    rng = random.Random(seed)
+    syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "po", "qua", "dri"]
+    words = sorted({"".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(6000)})
+    rng.shuffle(words)
+    zipf_weights = [1.0 / rank for rank in range(1, len(words) + 1)]  # word frequencies of natural text
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + words + SUFFIXES
+    vocab_path = os.path.join(directory, "vocab.txt")
+    write_vocab(vocab, vocab_path)
+    corpus_path = os.path.join(directory, "corpus.txt")
+    with open(corpus_path, "w", encoding="utf-8") as handle:
+        for _ in range(num_documents):
+            for _ in range(rng.randint(5, 30)):
+                sentence = []
+                for _ in range(rng.randint(6, 24)):
+                    word = rng.choices(words, zipf_weights)[0]
+                    if rng.random() < 0.15:
+                        word += rng.choice(SUFFIXES)[2:]  # split again by WordPiece
+                    sentence.append(word.capitalize() if not sentence else word)
+                handle.write(" ".join(sentence) + ".\n")
+            handle.write("\n")
+    return vocab_path, corpus_path
+
+
+def read_documents(corpus_path: str):
+    """Documents of Google's input format: sentences one a line, a blank line ends a document."""
+    document = []
+    with open(corpus_path, encoding="utf-8") as handle:
+        for line in handle:
+            line = line.strip()
+            if line:
+                document.append(line)
+            elif document:
+                yield document
+                document = []
+    if document:
+        yield document
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the worker processes)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _timed(function, workers: int) -> tuple[int, dict]:
+    """Runs `function` (returning an instance count); wall and CPU seconds, and the rate an idle machine would give."""
+    wall, cpu = time.perf_counter(), _cpu_seconds()
+    instances = function()
+    wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+    # On a loaded machine wall time measures the load; CPU time / workers is the wall time on idle cores.
+    return instances, {"instances": instances, "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
+                       "instances_per_s": round(instances / wall, 1),
+                       "instances_per_s_idle_estimate": round(instances / max(cpu / workers, wall / 50), 1)}
+
+
+def run_ours(vocab_path, corpus_path, output_dir, workers, dupe_factor) -> dict:
+    tokenizer = BertTokenizer.from_vocab_file(vocab_path, lowercase=True)
+
+    def write():
+        return pretraining_data.write_pretraining_data(
+            lambda: read_documents(corpus_path), os.path.join(output_dir, "ours"), vocab_path,
+            tokenize=tokenizer.tokenize, num_shards=workers, num_workers=workers, progress=False,
+            dupe_factor=dupe_factor, **SETTINGS)["instances"]
+
+    return _timed(write, workers)[1]
+
+
+def fetch_google(directory: str) -> str | None:
+    """Unpacks the bert-tensorflow wheel into `directory`; returns the error text when pip cannot get it."""
+    result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "bert-tensorflow==1.0.4",
+                             "-d", directory], capture_output=True, text=True)
+    wheels = glob.glob(os.path.join(directory, "bert_tensorflow-*.whl"))
+    if result.returncode != 0 or not wheels:
+        return (result.stderr.strip().splitlines() or ["pip download failed"])[-1]
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        wheel.extractall(directory)
+    return None
+
+
+def run_google(google_dir, vocab_path, corpus_path, output_dir, dupe_factor) -> dict:
+    sys.path.insert(0, google_dir)
+    from absl import flags
+    import tensorflow.compat.v1 as tf1
+    from bert import create_pretraining_data as google
+    from bert import tokenization as google_tokenization
+
+    flags.FLAGS.mark_as_parsed()  # the modules read flag defaults (e.g. preserve_unused_tokens)
+    tf1.logging.set_verbosity(tf1.logging.WARN)
+    tokenizer = google_tokenization.FullTokenizer(vocab_file=vocab_path, do_lower_case=True)
+
+    def write():  # its main() without the flag parsing: read + tokenize, create instances, write
+        rng = random.Random(SETTINGS["random_seed"])
+        instances = google.create_training_instances(
+            [corpus_path], tokenizer, SETTINGS["max_seq_length"], dupe_factor, SETTINGS["short_seq_prob"],
+            SETTINGS["masked_lm_prob"], SETTINGS["max_predictions_per_seq"], rng)
+        google.write_instance_to_example_files(instances, tokenizer, SETTINGS["max_seq_length"],
+                                               SETTINGS["max_predictions_per_seq"],
+                                               [os.path.join(output_dir, "google.tfrecord")])
+        return len(instances)
+
+    return _timed(write, 1)[1]  # single-threaded by design
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--documents", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--dupe_factor", type=int, default=5)
+    args = parser.parse_args(argv)
+    report = {"bench": "pretraining_data", "documents": args.documents, "dupe_factor": args.dupe_factor,
+              "workers": args.workers, "cpu_count": os.cpu_count(), "target_ratio": 10.0,
+              "settings": SETTINGS}
+    with tempfile.TemporaryDirectory() as directory:
+        vocab_path, corpus_path = make_corpus(directory, args.documents)
+        report["ours"] = run_ours(vocab_path, corpus_path, directory, args.workers, args.dupe_factor)
+        google_dir = os.path.join(directory, "google")
+        error = fetch_google(google_dir)
+        if error:
+            report["google"] = {"unavailable": f"pip download bert-tensorflow==1.0.4 failed: {error}"}
+        else:
+            report["google"] = run_google(google_dir, vocab_path, corpus_path, directory, args.dupe_factor)
+            report["ratio"] = round(report["ours"]["instances_per_s"] / report["google"]["instances_per_s"], 2)
+            report["ratio_idle_estimate"] = round(report["ours"]["instances_per_s_idle_estimate"]
+                                                  / report["google"]["instances_per_s_idle_estimate"], 2)
+            report["meets_target"] = report["ratio"] >= report["target_ratio"]
+    print(json.dumps(report, sort_keys=True))
+    return report
+
+
+if __name__ == "__main__":
+    main()
