@@ -289,3 +289,21 @@ def test_ids_match_hugging_face_tokenizers_on_minilm():
         expected = reference.encode(text_a, text_b)
         assert ours.encode(text_a, text_b, max_seq_length=12) == {
             "input_ids": expected.ids, "input_mask": expected.attention_mask, "segment_ids": expected.type_ids}
+
+
+def test_cached_word_by_word_tokenize_equals_the_reference_pipeline():
+    import random
+    import string
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "ab", "##b", "a", "é", "中", "!", "cafe", "##s", "[", "^", "0", "##0"]
+    alphabet = list("abAB é中文!,.\t\n\r\x00\x0b\x0c\x1c\x1f\x85\xa0\u2028\u3000\ufffd\u0301\x7fcafeCAFÉs") + \
+        list(string.printable)
+    rng = random.Random(0)
+    for lowercase in (True, False):
+        tokenizer = BertTokenizer(vocab, lowercase=lowercase)
+        for _ in range(3000):
+            text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 20)))
+            reference = [piece for word in tokenizer.basic_tokenizer.tokenize(text)
+                         for piece in tokenizer.wordpiece_tokenizer.tokenize_word(word)]
+            assert tokenizer.tokenize(text) == reference, repr(text)
+            assert tokenizer.tokenize(text) == reference, repr(text)  # again, from the word cache
