@@ -23,20 +23,23 @@ import collections
 import contextlib
 import dataclasses
 import itertools
+import logging
 import multiprocessing
 import os
 import pickle
 import random
+import struct
 import sys
+import tempfile
 import threading
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from common import tfrecords
+from common import io_utils, tfrecords
 from common.tokenization import CLS_TOKEN, CONTINUATION_PREFIX, MASK_TOKEN, SEP_TOKEN, UNK_TOKEN, load_vocab
 
-DEFAULT_DOCUMENTS_PER_BLOCK = 1000
+DEFAULT_DOCUMENTS_PER_BLOCK = 256  # blocks are the unit of parallel work and of random-next draws
 _BLOCKS_IN_FLIGHT_PER_WORKER = 2  # bounds memory: the reader never runs further ahead of the workers
 
 
@@ -397,7 +400,7 @@ def create_training_instances(documents: Iterable[Sequence[str]], vocab_words: S
 
     `tokenize=None` splits sentences on whitespace and maps each token to the vocabulary directly (unknown ones to
     [UNK]), e.g. TV programme ids. `next_sentence=False` gives MLM-only instances `[CLS] tokens [SEP]` (segment 0).
-    `vocab_words[i]` is the token of id i. The instances are those `write_pretraining_data` writes, block by block.
+    `vocab_words[i]` is the token of id i. The instances are those `write_pretraining_data` writes, in another order.
     """
     settings = _settings(max_seq_length, dupe_factor, short_seq_prob, masked_lm_prob, max_predictions_per_seq,
                          random_seed, next_sentence, do_whole_word_mask, documents_per_block)
@@ -406,7 +409,9 @@ def create_training_instances(documents: Iterable[Sequence[str]], vocab_words: S
     for block_index, block_documents in enumerate(_iter_blocks(documents, settings.documents_per_block)):
         arrays, _ = _block_instances(block_documents, block_index, settings, vocab, tokenize)
         instances.extend(_to_training_instances(arrays, vocab))
-    return instances
+    # All instances in one random order, as Google's script leaves them.
+    order = np.random.default_rng(np.random.SeedSequence([settings.random_seed], spawn_key=(2,))).permutation(len(instances))
+    return [instances[index] for index in order.tolist()]
 
 
 def _to_training_instances(arrays: _InstanceArrays, vocab: _Vocabulary) -> list[TrainingInstance]:
@@ -573,17 +578,44 @@ def _progress_bar(enabled: bool):
     return tqdm(unit="doc", desc="pre-training data", file=sys.stderr, mininterval=1.0)
 
 
+def _frame_bounds(framed: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end offsets of every TFRecord frame (8-byte length, 4-byte CRC, data, 4-byte CRC) in a file's bytes."""
+    starts, ends = [], []
+    position, size = 0, len(framed)
+    while position < size:
+        if position + 12 > size:
+            raise ValueError("truncated TFRecord frame")
+        (length,) = struct.unpack_from("<Q", framed, position)
+        starts.append(position)
+        position += 16 + length
+        ends.append(position)
+    if position != size:
+        raise ValueError("truncated TFRecord frame")
+    return np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64)
+
+
+def _shuffled_frames(framed: bytes, rng: np.random.Generator) -> tuple[bytes, int]:
+    """The file's frames in a random order (frames are self-contained: moving them needs no re-framing)."""
+    starts, ends = _frame_bounds(framed)
+    view = memoryview(framed)
+    order = rng.permutation(len(starts))
+    return b"".join(view[start:end] for start, end in zip(starts[order].tolist(), ends[order].tolist())), len(starts)
+
+
 def write_pretraining_data(documents, output_prefix: str, vocab_file: str, *, tokenize=None, num_shards: int = 1,
-                           num_workers: int | None = None, progress: bool = True, **instance_kwargs) -> dict:
+                           num_workers: int | None = None, progress: bool = True, shuffle: bool = True,
+                           **instance_kwargs) -> dict:
     """Writes pre-training instances of `documents` to `{output_prefix}-{i:05d}-of-{n:05d}.tfrecord`, i < num_shards.
 
     `documents`: an iterable of documents (each a sequence of sentence strings), or a callable returning one; it is
     read block by block (`documents_per_block`), so a corpus larger than memory works. Blocks are processed by
     `num_workers` processes (default: all cores); the files are the same for any number of workers and appear only
-    when complete. `tokenize` must be picklable (a module-level function or a tokenizer's bound method) when
-    workers are used. `instance_kwargs` are `create_training_instances`'s. Returns the statistics:
-    documents, instances, masked_tokens, masked_unk_share (share of masked tokens that are [UNK]),
-    random_next_share, files.
+    when complete. Every block's instances are dealt evenly to the shards; with `shuffle` each shard is then
+    permuted as a whole (in memory, one shard at a time: choose `num_shards` so that one fits), so that training
+    does not meet the corpus in its file order (Google shuffles all instances). `tokenize` must be picklable (a
+    module-level function or a tokenizer's bound method) when workers are used. `instance_kwargs` are
+    `create_training_instances`'s. Returns the statistics: documents, instances, masked_tokens, masked_unk_share
+    (share of masked tokens that are [UNK]), random_next_share, files.
     """
     settings = _settings(**instance_kwargs)
     vocab_words = [token for token, _ in sorted(load_vocab(vocab_file).items(), key=lambda item: item[1])]
@@ -601,7 +633,20 @@ def write_pretraining_data(documents, output_prefix: str, vocab_file: str, *, to
     with contextlib.ExitStack() as stack:
         # The pool first: forking is only safe before the progress bar starts its monitor thread.
         pool = stack.enter_context(_worker_pool(num_workers, (vocab_words, tokenize, settings, num_shards)))
-        writers = [stack.enter_context(tfrecords.atomic_tfrecord_writer(path)) for path in paths]
+        if shuffle:  # block-ordered spill files beside the outputs, shuffled into them below
+            spills = []
+            stack.callback(lambda: [os.remove(spill) for spill in spills if os.path.exists(spill)])
+            for path in paths:
+                directory = os.path.dirname(os.path.abspath(path))
+                os.makedirs(directory, exist_ok=True)
+                descriptor, spill = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".unshuffled",
+                                                     dir=directory)
+                os.close(descriptor)
+                spills.append(spill)
+        else:
+            spills = [stack.enter_context(io_utils.atomic_path(path)) for path in paths]
+        handles = [stack.enter_context(open(spill, "wb")) for spill in spills]
+        writers = [tfrecords.TFRecordFileWriter(handle) for handle in handles]
         bar = stack.enter_context(_progress_bar(progress))
         for result in _run_ordered(pool, tasks, num_workers):
             for shard, framed, count in result.pop("framed"):
@@ -610,8 +655,23 @@ def write_pretraining_data(documents, output_prefix: str, vocab_file: str, *, to
             if bar is not None:
                 bar.update(result["documents"])
                 bar.set_postfix(instances=totals["instances"], refresh=False)
+        for handle in handles:
+            handle.close()
+        if shuffle:
+            with contextlib.ExitStack() as outputs:
+                for shard, (spill, path) in enumerate(zip(spills, paths)):
+                    writer = outputs.enter_context(tfrecords.atomic_tfrecord_writer(path))
+                    with open(spill, "rb") as handle:
+                        framed = handle.read()
+                    os.remove(spill)
+                    rng = np.random.default_rng(np.random.SeedSequence([settings.random_seed, shard], spawn_key=(1,)))
+                    writer.write_framed(*_shuffled_frames(framed, rng))
+                    del framed
     masked = totals["masked_tokens"]
-    return {"documents": totals["documents"], "instances": totals["instances"], "masked_tokens": masked,
-            "masked_unk_share": totals["masked_unk"] / masked if masked else 0.0,
-            "random_next_share": totals["random_next"] / totals["instances"] if totals["instances"] else 0.0,
-            "files": paths}
+    stats = {"documents": totals["documents"], "instances": totals["instances"], "masked_tokens": masked,
+             "masked_unk_share": totals["masked_unk"] / masked if masked else 0.0,
+             "random_next_share": totals["random_next"] / totals["instances"] if totals["instances"] else 0.0,
+             "files": paths}
+    logging.info("pre-training data: %d documents -> %d instances in %d files, %d masked tokens ([UNK] %.2f%%)",
+                 stats["documents"], stats["instances"], num_shards, masked, 100 * stats["masked_unk_share"])
+    return stats

@@ -288,6 +288,47 @@ def test_streaming_reads_only_a_few_blocks_ahead(tmp_path):
     assert len(read) == 40
 
 
+def _first_documents(path):
+    """The document of segment A of every record of a TFRecord file, in file order."""
+    import tensorflow as tf
+
+    documents = []
+    for record in tf.data.TFRecordDataset(path):
+        example = tf.train.Example.FromString(record.numpy())
+        ids = example.features.feature["input_ids"].int64_list.value
+        documents.append(next(_document_of(VOCAB[token_id]) for token_id in ids[1:]
+                              if _document_of(VOCAB[token_id]) is not None))
+    return documents
+
+
+def test_shards_are_shuffled_as_a_whole_and_failures_leave_nothing(tmp_path):
+    documents = _corpus(seed=8, num_documents=40, sentences=(4, 8))
+    write_vocab(VOCAB, tmp_path / "vocab.txt")
+    settings = dict(max_seq_length=32, dupe_factor=2, documents_per_block=4, num_shards=2, num_workers=1,
+                    progress=False)
+    in_blocks = pretraining_data.write_pretraining_data(documents, str(tmp_path / "plain"), str(tmp_path / "vocab.txt"),
+                                                        shuffle=False, **settings)
+    shuffled = pretraining_data.write_pretraining_data(documents, str(tmp_path / "mixed"), str(tmp_path / "vocab.txt"),
+                                                       **settings)
+    plain_order = _first_documents(in_blocks["files"][0])
+    mixed_order = _first_documents(shuffled["files"][0])
+    assert sorted(plain_order) == sorted(mixed_order)
+    ranks = np.arange(len(plain_order))
+    assert np.corrcoef(ranks, np.array(plain_order) // 4)[0, 1] > 0.9  # without the shuffle: the corpus order
+    assert abs(np.corrcoef(ranks, np.array(mixed_order) // 4)[0, 1]) < 0.2
+    assert sorted(os.listdir(tmp_path)) == sorted(["vocab.txt"] + [os.path.basename(path) for path in
+                                                                   in_blocks["files"] + shuffled["files"]])
+
+    def failing_documents():
+        yield from documents[:20]
+        raise RuntimeError("corpus read error")
+
+    with pytest.raises(RuntimeError, match="corpus read error"):
+        pretraining_data.write_pretraining_data(failing_documents, str(tmp_path / "failed"),
+                                                str(tmp_path / "vocab.txt"), **settings)
+    assert not [name for name in os.listdir(tmp_path) if "failed" in name]
+
+
 def test_bad_input_is_named(tmp_path):
     with pytest.raises(ValueError, match="MASK"):
         pretraining_data.create_training_instances([["a b"]], ["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
