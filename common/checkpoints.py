@@ -706,6 +706,10 @@ def load_hugging_face_folder(folder: str | os.PathLike, encoder: BertEncoder, ma
     heads = []
     if is_hugging_face:
         _check_hugging_face_config(raw_config, config_path)
+        hidden_act = raw_config.get("hidden_act", "gelu")
+        if _HF_ACTIVATION_ALIASES.get(hidden_act, hidden_act) != encoder.config.hidden_act:
+            logging.warning("%s: hidden_act %r, but the encoder computes %r", config_path, hidden_act,
+                            encoder.config.hidden_act)
         if masked_lm_head is not None or next_sentence_head is not None:
             heads = _hugging_face_head_arrays(folder, encoder, masked_lm_head, next_sentence_head)
     elif masked_lm_head is not None or next_sentence_head is not None:
