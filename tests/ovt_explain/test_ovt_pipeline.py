@@ -1,0 +1,107 @@
+"""ovt_explain end to end on synthetic logs: pre-train -> fine-tune -> explain, as a user runs it.
+
+The logs plant a cause (episodes of series S drive watching target T): the fine-tuned tiny model must
+separate viewed from not_viewed on held-out users, and the explanations must write their files.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ovt_explain.bert_cls import CLS_KEYS, fine_tune
+from ovt_explain.bert_pretraining import PRETRAINING_KEYS, pretrain
+from ovt_explain.logs import read_logs
+from ovt_explain.make_synthetic_logs import write_synthetic_logs
+from ovt_explain.run_config import REQUIRED
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def defaults(keys):
+    return {key.name: (None if key.default is REQUIRED else key.default) for key in keys}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    work = tmp_path_factory.mktemp("ovt")
+    paths = write_synthetic_logs(str(work / "syn"), num_users=700, num_days=3, num_channels=4,
+                                 random_seed=1)["paths"]
+    pre_config = defaults(PRETRAINING_KEYS)
+    pre_config.update(train_file=[paths["logs.txt"]], vocab_file=str(work / "pre" / "vocab.txt"),
+                      output_dir=str(work / "pre"), num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
+                      max_seq_length=40, batch_size=32, epochs=2.0, learning_rate=2e-3, eval_percentage=5.0,
+                      eval_steps=1000, logging_steps=1000, save_steps=1000, dupe_factor=1, random_seed=1,
+                      num_proc=1)
+    pre = pretrain(pre_config, progress=False)
+    cls_config = defaults(CLS_KEYS)
+    cls_config.update(train_file=[paths["logs.txt"]], target_program=paths["planted.json"],
+                      pretrained_model=str(work / "pre"), output_dir=str(work / "cls"), max_seq_length=40,
+                      batch_size=32, epochs=6.0, learning_rate=2e-3, warmup_proportion=0.1,
+                      freeze_bert_params=False, eval_steps=1000, logging_steps=1000, save_steps=1000,
+                      random_seed=1)
+    results = fine_tune(cls_config, progress=False)
+    return {"work": work, "paths": paths, "pre": pre, "pre_config": pre_config, "results": results,
+            "cls_dir": str(work / "cls")}
+
+
+def test_pretraining_writes_a_model_folder_that_beats_uniform(trained):
+    pre = trained["pre"]
+    folder = trained["pre_config"]["output_dir"]
+    for name in ("bert_config.json", "vocab.txt", "run_config.json", "eval_history.json", "checkpoint"):
+        assert os.path.isfile(os.path.join(folder, name)), name
+    assert pre["steps"] == pre["num_train_steps"] > 0
+    # The masked-LM evaluation ran in the loop, and the model predicts better than a uniform guess.
+    assert pre["eval_history"] and pre["eval_history"][-1]["masked_lm"] < np.log(pre["vocab_size"])
+
+
+def test_fine_tuning_learns_the_planted_cause_and_writes_samples(trained):
+    results, cls_dir = trained["results"], trained["cls_dir"]
+    assert results["test"]["macro_f1"] > 0.75, results["test"]
+    assert results["test"]["roc_auc"] > 0.8, results["test"]
+    assert json.load(open(os.path.join(cls_dir, "test_results.json")))["test"]["accuracy"] == results["test"]["accuracy"]
+    predictions = [json.loads(line) for line in open(os.path.join(cls_dir, "predictions.jsonl"))]
+    assert {p["split"] for p in predictions} == {"train", "validation", "test"}
+    test_users = {p["user_id"]: p for p in predictions if p["split"] == "test"}
+    viewed = read_logs(os.path.join(cls_dir, "viewed.txt"))
+    missed = read_logs(os.path.join(cls_dir, "predict_missed.txt"))
+    not_viewed = read_logs(os.path.join(cls_dir, "not_viewed.txt"))
+    assert viewed and not_viewed
+    assert len(viewed) + len(missed) + len(not_viewed) == len(test_users)
+    assert all(test_users[u]["label"] == test_users[u]["predicted"] == "viewed" for u in viewed)
+    assert all(test_users[u]["label"] != test_users[u]["predicted"] for u in missed)
+    # The samples hold the model's input: history before the target, at most max_seq_length - 2 ids.
+    target_start = min(int(s[:-1]) for s in json.load(open(trained["paths"]["planted.json"]))["target_slots"])
+    assert all(len(h) <= 38 and all(int(s[:-1]) < target_start for s in h) for h in viewed.values())
+
+
+def test_visualization_writes_pictures_html_and_dumps(trained):
+    from ovt_explain.attention_visualization import visualize
+
+    out = trained["work"] / "figs"
+    result = visualize(trained["cls_dir"], os.path.join(trained["cls_dir"], "viewed.txt"), str(out),
+                       trained["paths"]["programs.json"], max_users=2, dump=True)
+    pngs = [path for path in result["files"] if path.endswith(".png")]
+    assert len(pngs) == 2 * 6  # per user: 3 graphs, heatmap, importance, prediction
+    assert all(os.path.getsize(path) > 5000 for path in pngs)
+    page = open(result["html"], encoding="utf-8").read()
+    assert "<script" in page and "http://" not in page and "https://" not in page  # self-contained
+    for explanation in result["explanations"]:
+        assert explanation.user_id in page
+        flow = explanation.importance("flow")
+        assert flow.shape == (len(explanation.tokens),) and abs(flow.sum() - 1) < 1e-9
+    dump = json.load(open(next(path for path in result["files"] if path.endswith("_flow.json"))))
+    assert dump["tokens"][0] == "[CLS]" and set(dump["data"]) == {"L1_to_L0", "L2_to_L1"}
+    assert dump["rows"] == [0] and abs(sum(dump["data"]["L2_to_L1"][0]) - 1) < 1e-3
+
+
+def test_cli_reports_a_wrong_config_key_in_one_line(tmp_path):
+    config = tmp_path / "cls_config.json"
+    config.write_text('{\n  "output_dir": "out",\n  "num_train_epoch": 2\n}\n')
+    completed = subprocess.run([sys.executable, "-m", "ovt_explain.bert_cls", str(config)], cwd=ROOT,
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 1
+    assert f"error: {config}:3: unknown key 'num_train_epoch' (did you mean 'num_train_epochs'?)" in completed.stderr
