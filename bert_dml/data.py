@@ -56,10 +56,10 @@ def read_labeled_texts(path: str | os.PathLike, encoding: str = "utf-8", require
                         else "; pass the file's --encoding")
                 raise UserError(f"{path}:{line_number}: not valid {encoding} "
                                 f"(byte 0x{raw[error.start]:02x} at column {error.start + 1}){hint}") from None
-            line = line.strip()
-            if line.startswith("\ufeff"):
-                line = line[1:].strip()
-            if not line:
+            line = line.rstrip("\r\n")
+            if line_number == 1 and line.startswith("\ufeff"):
+                line = line[1:]  # a UTF-8 byte-order mark
+            if not line.strip():
                 continue
             if "\t" in line:
                 label, text = line.split("\t", 1)

@@ -97,16 +97,17 @@ def load_encoder(preset: str | None = None, init_checkpoint: str | None = None,
 
 def save_model_folder(model_dir: str, setup: EncoderSetup, labels: Sequence[str], run_config: dict) -> None:
     """bert_config.json, vocab.txt, labels.json, run_config.json beside the checkpoints."""
+    import tempfile
+
     from common.checkpoints import write_model_folder
-    from common.io_utils import atomic_path
     from common.tokenization import write_vocab
 
     os.makedirs(model_dir, exist_ok=True)
-    with atomic_path(os.path.join(model_dir, ".vocab.txt")) as temp:
-        write_vocab(setup.vocab, temp)
-        write_model_folder(model_dir, setup.config, vocab_file=temp, labels=list(labels),
+    with tempfile.TemporaryDirectory(dir=model_dir, prefix=".vocab.") as temp_dir:
+        vocab_path = os.path.join(temp_dir, "vocab.txt")
+        write_vocab(setup.vocab, vocab_path)
+        write_model_folder(model_dir, setup.config, vocab_file=vocab_path, labels=list(labels),
                            run_config={**run_config, "lowercase": setup.lowercase})
-    os.remove(os.path.join(model_dir, ".vocab.txt"))
 
 
 @dataclasses.dataclass

@@ -1,0 +1,57 @@
+r"""2-D t-SNE picture of a features file, points coloured by label (the original's `plot_features.py`).
+
+    python -m bert_dml.plot_features rt-dml-04-test.txt --out plot_rt-dml-04-test.png
+
+Wider features are reduced to 50 dimensions with PCA first. Japanese labels render with a CJK font
+when the machine has one (common.plotting finds it; otherwise a warning and boxes).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a file: `python bert_dml/plot_features.py`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common import cli  # noqa: E402
+
+cli.quiet_tensorflow()
+
+from absl import flags  # noqa: E402
+
+flags.DEFINE_string("out", None, "PNG to write (default: the features file with .png).")
+flags.DEFINE_string("title", None, "Picture title (default: the file name).")
+flags.DEFINE_integer("samples", None, "Plot a stratified sample of this many items.")
+flags.DEFINE_integer("random_seed", 0, "Seed of t-SNE and of the sample.")
+FLAGS = flags.FLAGS
+
+
+def plot_features_file(features_path: str, out: str, title: str | None = None, samples: int | None = None,
+                       random_seed: int = 0) -> str:
+    import numpy as np
+
+    from bert_dml.feature_files import read_features
+    from common.plotting import project_2d, scatter_2d
+
+    labels, features = read_features(features_path)
+    if samples and samples < len(labels):
+        from sklearn.model_selection import train_test_split
+        keep, _ = train_test_split(np.arange(len(labels)), train_size=samples, random_state=random_seed,
+                                   stratify=labels)
+        labels, features = [labels[index] for index in sorted(keep)], features[np.sort(keep)]
+    points = project_2d(features, method="tsne", pca_dims=50, random_seed=random_seed)
+    scatter_2d(points, labels=labels, path=out, title=title or os.path.basename(features_path))
+    return out
+
+
+def main(argv):
+    if len(argv) != 2:
+        raise cli.UserError("usage: python -m bert_dml.plot_features FEATURES.txt [--out plot.png]")
+    features_path = argv[1]
+    out = FLAGS.out or os.path.splitext(features_path)[0] + ".png"
+    print(plot_features_file(features_path, out, FLAGS.title, FLAGS.samples, FLAGS.random_seed))
+
+
+if __name__ == "__main__":
+    cli.run(main)

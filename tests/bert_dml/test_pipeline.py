@@ -1,0 +1,157 @@
+"""BERT-DML end to end on a synthetic two-topic corpus, as a user runs it: train_dml (CLI) ->
+extraction (the original's script name) -> cluster / compare; resume; the classifier baseline.
+
+Sentences mix three topic words (sports or food) with ten filler words, so only the topic words tell
+the labels apart: a small model trained from scratch must make kNN accuracy of its DML features
+clearly better than the same model before training.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SPORTS = "game team score goal player match win coach ball season league referee".split()
+FOOD = "recipe cook bake flavor sauce oven dish meal taste spice kitchen bread".split()
+FILLER = ("the a and of it was very really quite this that so then there here when what who "
+          "how why all some many few most").split()
+TINY_CONFIG = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+               "intermediate_size": 64, "hidden_act": "gelu", "hidden_dropout_prob": 0.0,
+               "attention_probs_dropout_prob": 0.0, "max_position_embeddings": 32, "type_vocab_size": 2,
+               "initializer_range": 0.02}
+
+
+def write_corpus(path, count, seed):
+    rng = np.random.default_rng(seed)
+    with open(path, "w", encoding="utf-8") as handle:
+        for index in range(count):
+            label, topic = ("sports", SPORTS) if index % 2 == 0 else ("food", FOOD)
+            words = list(rng.choice(topic, 3, replace=False)) + list(rng.choice(FILLER, 10, replace=False))
+            rng.shuffle(words)
+            handle.write(f"{label}\t{' '.join(words)}\n")
+
+
+def run_script(script, *args):
+    environment = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, os.path.join(REPO, "bert_dml", script), *args], cwd=REPO,
+                          env=environment, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bert_dml")
+    train, evaluation = str(root / "train.txt"), str(root / "eval.txt")
+    write_corpus(train, 200, seed=0)
+    write_corpus(evaluation, 60, seed=1)
+    config = str(root / "bert_config.json")
+    with open(config, "w") as handle:
+        json.dump(TINY_CONFIG, handle)
+    out = str(root / "dml")
+    result = run_script("train_dml.py", f"--train={train}", f"--eval={evaluation}", f"--bert_config_file={config}",
+                        f"--out={out}", "--epoch=2", "--batchsize=32", "--learnrate=2e-3",
+                        "--triplets_per_epoch=960", "--max_seq_length=20", "--vocab_size=200", "--noprogress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"root": root, "train": train, "eval": evaluation, "config": config, "out": out, "stdout": result.stdout}
+
+
+def test_training_logs_like_the_original_and_writes_its_outputs(trained):
+    lines = [line for line in trained["stdout"].splitlines() if line.startswith("[")]
+    assert len(lines) == 2
+    for epoch, line in enumerate(lines, 1):
+        assert re.match(rf"\[  {epoch}\] T/loss=\d+\.\d{{6}} D/loss=\d+\.\d{{6}} T/sec=\d+\.\d{{6}} "
+                        r"D/sec=\d+\.\d{6} lr=\S+", line), line
+    out = trained["out"]
+    log = json.load(open(os.path.join(out, "log.json")))
+    assert [entry["epoch"] for entry in log] == [1, 2]
+    # The original's schedule: 2e-3 in epoch 1, lowered by 2e-3 / epochs after each epoch.
+    np.testing.assert_allclose([entry["lr"] for entry in log], [2e-3, 1e-3], rtol=1e-5)
+    assert json.load(open(os.path.join(out, "labels.json"))) == ["sports", "food"]
+    assert os.path.getsize(os.path.join(out, "loss.png")) > 1000
+    best = min(log, key=lambda entry: entry["D/loss"])["epoch"]
+    assert os.path.isfile(os.path.join(out, "best", f"ckpt-{best}.index"))
+
+
+def test_dml_features_separate_the_topics_much_better_than_before_training(trained):
+    import keras
+
+    from bert_dml import data as dml_data
+    from bert_dml.model import BertDML, batched_outputs, feature_function
+    from bert_dml.setup_model import read_saved_model
+    from common.encoder import BertEncoder
+    from common.metrics import knn_accuracy
+
+    result = run_script("extruct_bert_metrics.py", f"--input={trained['eval']}", f"--model={trained['out']}",
+                        f"--label={trained['out']}/labels.json", "--batchsize=16", "--gpu=-1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 60  # one line per input line
+    rows = [line.split("\t") for line in lines]
+    assert all(len(row) == 513 for row in rows)
+    assert all(re.fullmatch(r"-?\d+\.\d{6}", value) for value in rows[0][1:])
+    labels = [row[0] for row in rows]
+    assert labels == [line.split("\t")[0] for line in open(trained["eval"], encoding="utf-8")]
+    after = knn_accuracy(np.array([[float(v) for v in row[1:]] for row in rows]), labels, k=10)
+
+    saved = read_saved_model(trained["out"])
+    keras.utils.set_random_seed(5)
+    untrained = BertDML(BertEncoder(saved.config))
+    texts = dml_data.read_labeled_texts(trained["eval"])
+    features = dml_data.encode_texts(saved.tokenizer(), texts.texts, 20)
+    before = knn_accuracy(batched_outputs(feature_function(lambda f: untrained(f, training=False)), features, 16),
+                          labels, k=10)
+    assert after >= 0.9 and after >= before + 0.2, (before, after)
+
+    features_path = str(trained["root"] / "dml-features.txt")
+    with open(features_path, "w", encoding="utf-8") as handle:
+        handle.write(result.stdout)
+    trained["features"] = features_path
+
+
+def test_cluster_command_prints_the_metric_table(trained):
+    features_path = trained.get("features")
+    if features_path is None:
+        pytest.skip("needs the extraction test's features")
+    table = str(trained["root"] / "clusters.json")
+    result = run_script("cluster.py", features_path, f"--json={table}", "--noplot")
+    assert result.returncode == 0, result.stderr[-3000:]
+    header = result.stdout.splitlines()[0].split()
+    assert header[:4] == ["algorithm", "ari", "nmi", "silhouette"]
+    names = [line.split()[0] for line in result.stdout.splitlines()[1:9]]
+    assert names == ["labels", "KMeans", "Ward", "Spectral", "DBSCAN", "OPTICS", "Birch", "GaussianMixture"]
+    saved = json.load(open(table))
+    assert [row["algorithm"] for row in saved["results"]] == names
+    kmeans = saved["results"][1]
+    assert kmeans["ari"] > 0.5 and 0 < kmeans["nmi"] <= 1
+
+
+def test_resume_continues_after_the_last_finished_epoch(trained):
+    from bert_dml.training import train_dml
+
+    printed = []
+    log = train_dml(trained["train"], trained["eval"], trained["out"], epochs=3, batchsize=32, learnrate=2e-3,
+                    bert_config_file=trained["config"], max_seq_length=20, vocab_size=200,
+                    triplets_per_epoch=960, noplot=True, progress=False, resume=trained["out"], start_epoch=3,
+                    print_fn=printed.append)
+    assert [entry["epoch"] for entry in log] == [1, 2, 3]
+    assert sum(line.startswith("[  3]") for line in printed) == 1
+    assert not any(line.startswith("[  2]") for line in printed)
+
+
+def test_classifier_baseline_and_classified_features(trained):
+    from bert_dml.features import extract_features
+    from bert_dml.training import train_classifier
+
+    out = str(trained["root"] / "cls")
+    log = train_classifier(trained["train"], trained["eval"], out, epochs=2, batchsize=32, learnrate=2e-3,
+                           bert_config_file=trained["config"], max_seq_length=20, vocab_size=200,
+                           noplot=True, progress=False, print_fn=lambda line: None)
+    assert [entry["epoch"] for entry in log] == [1, 2]
+    assert all(0 <= entry["D/uar"] <= 1 and "T/accuracy" in entry for entry in log)
+    labels, features = extract_features("classified", trained["eval"], model=os.path.join(out, "best"),
+                                        batchsize=16)
+    assert features.shape == (60, TINY_CONFIG["hidden_size"]) and len(labels) == 60

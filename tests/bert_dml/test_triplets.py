@@ -1,0 +1,81 @@
+"""Triplet loss against hand-computed values, sampling invariants, semi-hard mining, kNN accuracy."""
+
+import numpy as np
+import pytest
+
+from bert_dml.triplets import (mined_triplet_losses, sample_triplets, semi_hard_negative_distances,
+                               triplet_losses)
+from common.metrics import knn_accuracy
+
+
+def test_triplet_loss_matches_hand_computed_values():
+    anchor = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]], np.float32)
+    positive = np.array([[0.3, 0.4], [1.0, 1.0], [1.0, 0.0]], np.float32)
+    negative = np.array([[0.0, 0.5], [3.0, 1.0], [0.0, 0.1]], np.float32)
+    # |a-p|^2 - |a-n|^2 + 0.2: 0.25 - 0.25 + 0.2 = 0.2;  0 - 4 + 0.2 < 0 -> 0;  1 - 0.01 + 0.2 = 1.19
+    losses = np.asarray(triplet_losses(anchor, positive, negative, margin=0.2))
+    np.testing.assert_allclose(losses, [0.2, 0.0, 1.19], rtol=1e-6, atol=1e-6)
+    assert float(np.mean(losses)) == pytest.approx(1.39 / 3, rel=1e-6)  # Chainer's F.triplet (mean)
+
+
+def test_sampling_never_pairs_an_item_with_itself_and_negatives_come_from_other_labels():
+    labels = np.array([0] * 5 + [1] * 40 + [2] * 2 + [3] * 1)
+    triplets = sample_triplets(labels, 3000, seed=1)
+    assert triplets.shape == (3000, 3)
+    anchor, positive, negative = triplets.T
+    assert np.all(anchor != positive)
+    assert np.all(labels[anchor] == labels[positive])
+    assert np.all(labels[negative] != labels[anchor])
+    # Label 3 has one item: never an anchor. Labels are drawn in proportion to their pairs (the
+    # original lists all pairs): label 1 has 780 of 791 pairs.
+    assert not np.any(labels[anchor] == 3)
+    assert np.mean(labels[anchor] == 1) == pytest.approx(780 / 791, abs=0.02)
+    # Every other item can be a negative (uniform over the other labels' items).
+    assert set(negative[labels[anchor] == 1]) == set(np.flatnonzero(labels != 1))
+    np.testing.assert_array_equal(triplets, sample_triplets(labels, 3000, seed=1))
+    assert not np.array_equal(triplets, sample_triplets(labels, 3000, seed=2))
+
+
+def test_sampling_rejects_impossible_label_sets():
+    with pytest.raises(ValueError, match="two labels"):
+        sample_triplets(np.zeros(5, int), 10)
+    with pytest.raises(ValueError, match="at least two items"):
+        sample_triplets(np.array([0, 1, 2]), 10)
+
+
+def test_semi_hard_mining_picks_the_closest_negative_farther_than_the_positive():
+    # One anchor at 0 (label 0) with its positive at distance^2 1; negatives (label 1) at 0.25, 2.25, 4.
+    embeddings = np.array([[0.0], [1.0], [0.5], [1.5], [2.0]], np.float32)
+    labels = np.array([0, 0, 1, 1, 1], np.int32)
+    chosen = semi_hard_negative_distances(embeddings, labels, np.array([0]), np.array([1.0], np.float32))
+    np.testing.assert_allclose(np.asarray(chosen), [2.25])
+    # No negative farther than the positive: the farthest negative (4.0) is used.
+    chosen = semi_hard_negative_distances(embeddings, labels, np.array([0]), np.array([5.0], np.float32))
+    np.testing.assert_allclose(np.asarray(chosen), [4.0])
+
+
+def test_mined_losses_replace_the_sampled_negative():
+    anchor = np.array([[0.0]], np.float32)
+    positive = np.array([[1.0]], np.float32)
+    negative = np.array([[3.0]], np.float32)  # easy: loss 0 with random mining
+    assert float(np.asarray(mined_triplet_losses(anchor, positive, negative, np.array([0]), np.array([1]),
+                                                 "random"))[0]) == 0.0
+    # In the batch, the positive (label 0) is not a negative; the negative at 3 is the only one: loss 0.
+    semi = np.asarray(mined_triplet_losses(anchor, positive, negative, np.array([0]), np.array([1]), "semi_hard"))
+    assert semi[0] == 0.0
+    with pytest.raises(ValueError, match="unknown mining"):
+        mined_triplet_losses(anchor, positive, negative, np.array([0]), np.array([1]), "hardest")
+
+
+def test_knn_accuracy_hand_computed():
+    # Items on a line; k=1 Euclidean: each takes its nearest neighbour's label.
+    features = np.array([[0.0], [1.0], [1.9], [10.0], [10.5], [12.0]])
+    labels = np.array([0, 0, 1, 1, 1, 0])
+    # nearest: 0->1 (0 ok), 1->2 (1 wrong), 2->1 (0 wrong), 3->4 ok, 4->3 ok, 5->4 (1 wrong)
+    assert knn_accuracy(features, labels, k=1, metric="euclidean") == pytest.approx(3 / 6)
+    # k=3: 0 sees 1,2,3 (0,1,1 -> 1, wrong); 1 sees 2,0,3 (1,0,1 -> 1, wrong); 2 sees 1,0,3 (0,0,1 -> 0,
+    # wrong); 3 sees 4,5,2 (1,0,1 -> 1, right); 4 sees 3,5,2 (right); 5 sees 4,3,2 (1,1,1 -> 1, wrong)
+    assert knn_accuracy(features, labels, k=3, metric="euclidean") == pytest.approx(2 / 6)
+    # Cosine ignores length: two directions, perfect.
+    directions = np.array([[1, 0.1], [5, 0.2], [3, 0.1], [0.1, 1], [0.2, 4], [0.1, 2]])
+    assert knn_accuracy(directions, [0, 0, 0, 1, 1, 1], k=2, metric="cosine") == 1.0
