@@ -1,7 +1,13 @@
 """Checkpoints: our own resumable save/restore (tf.train.Checkpoint), and pretrained weights.
 
-Pretrained sources: Google's TF1 BERT checkpoints (also BERT4Rec's, same names), read and written
-with the original variable names; keras-hub presets; Hugging Face BERT folders (safetensors).
+Our checkpoints restore all or nothing (`restore_latest`, `restore_checkpoint`): a model that does
+not match gets one `CheckpointMismatchError` naming what is missing, unused or reshaped, or which
+variables changed between trainable and frozen. `write_model_folder` / `read_model_folder` keep
+what rebuilding a model needs beside its checkpoints.
+Pretrained sources (`warm_start` takes any): our own model folders; Google's TF1 BERT checkpoints
+(also BERT4Rec's, same names), read and written with the original variable names; keras-hub
+presets; Hugging Face BERT folders (safetensors, with the `cls.*` pre-training heads); bert-chainer's
+`arrays_bert_model.ckpt.npz`.
 """
 
 from __future__ import annotations
