@@ -172,12 +172,6 @@ class DanmakuCorpus:
     def __call__(self) -> Iterator[list[str]]:
         return iter(self)
 
-    def scan(self) -> CorpusStats:
-        """Reads everything once (so bad lines fail before any output is written); returns the counts."""
-        for _ in self:
-            pass
-        return self.stats
-
     def comments(self) -> Iterator[str]:
         """Every comment (after filtering), e.g. to build a vocabulary."""
         for document in self:

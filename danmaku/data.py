@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 from absl import logging
@@ -34,37 +35,44 @@ def create_pretraining_data(input_files, output_file: str, vocab_file: str | Non
                             drop_oov_comments: bool = False, build_vocab: int = 0,
                             vocab_type: str = "char", num_shards: int = 1, num_workers: int | None = None,
                             progress: bool = True, **instance_kwargs) -> dict:
-    """Danmaku files -> sharded pre-training TFRecords; returns the statistics (also logged).
+    """Danmaku files -> sharded pre-training TFRecords; returns the statistics.
 
     `instance_kwargs` go to `common.pretraining_data.create_training_instances` (max_seq_length,
     max_predictions_per_seq, masked_lm_prob, dupe_factor, short_seq_prob, random_seed,
-    do_whole_word_mask). The whole corpus is read once first, so a malformed line fails before
-    anything is written.
+    do_whole_word_mask). The corpus is read once, in this process (workers get blocks of documents);
+    on a malformed line the shards are discarded, so the output is whole or absent. A vocabulary
+    built here is removed again if the run fails.
     """
     from common.pretraining_data import write_pretraining_data
 
     prefix = output_prefix_of(output_file)
+    built_vocab = None
     if build_vocab:
         vocab_file = vocab_file or os.path.join(os.path.dirname(os.path.abspath(output_file)), "vocab.txt")
         vocab = build_vocabulary(input_files, input_format, build_vocab, vocab_type, do_lower_case, vocab_file)
+        built_vocab = vocab_file
         logging.info("built a %d-token %s vocabulary: %s", len(vocab), vocab_type, vocab_file)
     elif not vocab_file:
         raise UserError("give --vocab_file (e.g. chinese_L-12_H-768_A-12/vocab.txt) or --build_vocab=N")
     try:
-        tokenizer = BertTokenizer.from_vocab_file(vocab_file, lowercase=do_lower_case)
-    except VocabError as error:
-        raise UserError(str(error)) from None
-
-    corpus = DanmakuCorpus(input_files, input_format, tokenize=tokenizer.tokenize,
-                           drop_oov_comments=drop_oov_comments)
-    corpus_stats = corpus.scan()
-    if corpus_stats.documents < 2:
-        # Random-next segments come from another document (one video: a blank-line block or a CSV file).
-        raise UserError(f"{', '.join(corpus.files)}: {corpus_stats.documents} document(s) with comments; "
-                        "next-sentence instances need at least 2")
-    logging.info("corpus: %s", corpus_stats.as_dict())
-    write_stats = write_pretraining_data(corpus, prefix, vocab_file, tokenize=tokenizer.tokenize,
-                                         num_shards=num_shards, num_workers=num_workers, progress=progress,
-                                         **instance_kwargs)
-    stats = {**corpus_stats.as_dict(), **write_stats, "vocab_file": vocab_file}
-    return stats
+        try:
+            tokenizer = BertTokenizer.from_vocab_file(vocab_file, lowercase=do_lower_case)
+        except VocabError as error:
+            raise UserError(str(error)) from None
+        corpus = DanmakuCorpus(input_files, input_format, tokenize=tokenizer.tokenize,
+                               drop_oov_comments=drop_oov_comments)
+        documents_found = sum(1 for _ in itertools.islice(iter(corpus), 2))  # stops after two
+        if documents_found < 2:
+            # Random-next segments come from another document (one video: a blank-line block or a CSV file).
+            raise UserError(f"{', '.join(corpus.files)}: {documents_found} document(s) with comments; "
+                            "next-sentence instances need at least 2")
+        write_stats = write_pretraining_data(corpus, prefix, vocab_file, tokenize=tokenizer.tokenize,
+                                             num_shards=num_shards, num_workers=num_workers, progress=progress,
+                                             **instance_kwargs)
+    except BaseException:
+        if built_vocab:
+            os.remove(built_vocab)
+        raise
+    # The corpus was iterated in this process, so its counts describe the pass that was written.
+    logging.info("corpus: %s", corpus.stats.as_dict())
+    return {**corpus.stats.as_dict(), **write_stats, "vocab_file": vocab_file}
