@@ -92,6 +92,17 @@ class InstanceSettings:
         return self.max_seq_length - (3 if self.next_sentence else 2)
 
 
+class _IdsOrUnknown(dict):
+    """token -> id with a default id for unknown tokens, at the speed of a plain dict lookup."""
+
+    def __init__(self, ids: Mapping[str, int], unknown_id: int):
+        super().__init__(ids)
+        self.unknown_id = unknown_id
+
+    def __missing__(self, token: str) -> int:
+        return self.unknown_id
+
+
 class _Vocabulary:
     """Token strings <-> ids, the special ids, and which ids are `##` continuation pieces."""
 
@@ -106,6 +117,7 @@ class _Vocabulary:
             raise ValueError(f"vocabulary lacks the special tokens {missing}")
         self.unk_id, self.cls_id = self.ids[UNK_TOKEN], self.ids[CLS_TOKEN]
         self.sep_id, self.mask_id = self.ids[SEP_TOKEN], self.ids[MASK_TOKEN]
+        self.lookup = _IdsOrUnknown(self.ids, self.unk_id).__getitem__  # token -> id, [UNK]'s for others
         self.is_continuation = np.array([word.startswith(CONTINUATION_PREFIX) for word in self.words], dtype=bool)
 
 
@@ -123,13 +135,13 @@ def _tokenize_block(documents: Sequence[Sequence[str]], vocab: _Vocabulary,
     ids: list[int] = []
     offsets = [0]
     document_sentences = []
-    get, unk_id = vocab.ids.get, vocab.unk_id
+    lookup = vocab.lookup
     for document in documents:
         first = len(offsets) - 1
         for sentence in document:
             tokens = tokenize(sentence) if tokenize is not None else sentence.split()
             if tokens:  # Google drops sentences without tokens, then documents without sentences
-                ids.extend([get(token, unk_id) for token in tokens])
+                ids.extend(map(lookup, tokens))
                 offsets.append(len(ids))
         if len(offsets) - 1 > first:
             document_sentences.append((first, len(offsets) - 1))
@@ -154,7 +166,11 @@ def _segment_pass(block: _Block, settings: InstanceSettings, rng: random.Random)
     if pairs and num_documents < 2:
         raise ValueError("next-sentence instances need at least 2 non-empty documents in a block "
                          f"(got {num_documents}); give more documents or use next_sentence=False")
-    uniform, randint = rng.random, rng.randint
+    uniform = rng.random
+
+    def randint(low: int, high: int) -> int:  # uniform on [low, high]; random.randint is several times slower
+        return low + int(uniform() * (high - low + 1))
+
     spans = []
     for document_index, (first, end) in enumerate(documents):
         target = max_num_tokens
