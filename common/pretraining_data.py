@@ -13,13 +13,15 @@ random vocabulary token, 10% unchanged. `next_sentence=False` gives one-segment 
 Speed and scale: sentences are tokenized once and kept as one flat id array per block of documents; the per-chunk
 choices are a few scalar draws, and assembly, truncation and masking of all instances of a block are vectorised
 with NumPy. Blocks are independent (see `_block_rng`), so workers process them in parallel and the output is the same
-for any number of workers; the input is streamed block by block.
+for any number of workers; the input is streamed block by block, and every output shard (an even share of every
+block) is finally shuffled as a whole.
 """
 
 from __future__ import annotations
 
 import bisect
 import collections
+import collections.abc
 import contextlib
 import dataclasses
 import itertools
@@ -151,12 +153,13 @@ def _tokenize_block(documents: Sequence[Sequence[str]], vocab: _Vocabulary,
 def _block_rng(settings: InstanceSettings, block_index: int, pass_index: int) -> np.random.SeedSequence:
     # Deviation from Google, to stream and to parallelise: every block of `documents_per_block` documents has its own
     # RNGs derived from (seed, block, dupe pass), random-next segments come from another document of the same block,
-    # and instances are shuffled within their block (Google shuffles documents and instances globally).
+    # and instances are shuffled within their block, then within their output shard (Google shuffles globally).
     return np.random.SeedSequence([settings.random_seed, block_index, pass_index])
 
 
-def _segment_pass(block: _Block, settings: InstanceSettings, rng: random.Random) -> list[tuple[int, int, int, int, bool]]:
-    """One dupe pass over a block: per instance (a_start, a_end, b_start, b_end, is_random_next) in flat ids, untrimmed."""
+def _segment_pass(block: _Block, settings: InstanceSettings,
+                  rng: random.Random) -> list[tuple[int, int, int, int, bool]]:
+    """One dupe pass over a block: per instance (a_start, a_end, b_start, b_end, is_random_next), untrimmed."""
     offsets = block.offsets
     documents = block.document_sentences
     num_documents = len(documents)
@@ -267,7 +270,10 @@ def _smallest_keys(keys: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Boolean mask of the `counts[i]` smallest keys of every row i, keys of 2.0 (not candidates) excluded."""
     rows, width = keys.shape
     most = int(min(max(int(counts.max()), 1), width))
-    smallest = np.argpartition(keys, most - 1, axis=1)[:, :most] if most < width else np.tile(np.arange(width), (rows, 1))
+    if most < width:
+        smallest = np.argpartition(keys, most - 1, axis=1)[:, :most]
+    else:
+        smallest = np.tile(np.arange(width), (rows, 1))
     smallest_keys = np.take_along_axis(keys, smallest, axis=1)
     rank = np.empty_like(smallest)
     np.put_along_axis(rank, np.argsort(smallest_keys, axis=1), np.arange(most)[None, :].repeat(rows, axis=0), axis=1)
@@ -426,7 +432,8 @@ def create_training_instances(documents: Iterable[Sequence[str]], vocab_words: S
         arrays, _ = _block_instances(block_documents, block_index, settings, vocab, tokenize)
         instances.extend(_to_training_instances(arrays, vocab))
     # All instances in one random order, as Google's script leaves them.
-    order = np.random.default_rng(np.random.SeedSequence([settings.random_seed], spawn_key=(2,))).permutation(len(instances))
+    rng = np.random.default_rng(np.random.SeedSequence([settings.random_seed], spawn_key=(2,)))
+    order = rng.permutation(len(instances))
     return [instances[index] for index in order.tolist()]
 
 
@@ -525,7 +532,8 @@ def _write_block_task(task) -> dict:
     framed = []
     if len(arrays):
         # Shards take the block's (shuffled) instances in turn from a seeded start: balanced and worker-independent.
-        start = int(np.random.default_rng(_block_rng(settings, block_index, settings.dupe_factor + 1)).integers(num_shards))
+        shard_rng = np.random.default_rng(_block_rng(settings, block_index, settings.dupe_factor + 1))
+        start = int(shard_rng.integers(num_shards))
         shard_of = (start + np.arange(len(arrays))) % num_shards
         by_shard = np.argsort(shard_of, kind="stable")  # each shard's records contiguous, in block order
         records = tfrecords.serialize_examples(_arrays_to_features(arrays.take(by_shard), settings.max_seq_length))
@@ -587,11 +595,11 @@ def _run_ordered(pool, tasks: Iterable, num_workers: int) -> Iterator[dict]:
         yield pending.popleft().get()
 
 
-def _progress_bar(enabled: bool):
+def _progress_bar(enabled: bool, total: int | None = None, unit: str = "doc", desc: str = "pre-training data"):
     if not enabled:
         return contextlib.nullcontext(None)
     from tqdm import tqdm
-    return tqdm(unit="doc", desc="pre-training data", file=sys.stderr, mininterval=1.0)
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, mininterval=1.0)
 
 
 def _frame_bounds(framed: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -663,7 +671,8 @@ def write_pretraining_data(documents, output_prefix: str, vocab_file: str, *, to
             spills = [stack.enter_context(io_utils.atomic_path(path)) for path in paths]
         handles = [stack.enter_context(open(spill, "wb")) for spill in spills]
         writers = [tfrecords.TFRecordFileWriter(handle) for handle in handles]
-        bar = stack.enter_context(_progress_bar(progress))
+        total = len(documents) if isinstance(documents, collections.abc.Sized) else None
+        bar = stack.enter_context(_progress_bar(progress, total))
         for result in _run_ordered(pool, tasks, num_workers):
             for shard, framed, count in result.pop("framed"):
                 writers[shard].write_framed(framed, count)
@@ -675,6 +684,8 @@ def write_pretraining_data(documents, output_prefix: str, vocab_file: str, *, to
             handle.close()
         if shuffle:
             with contextlib.ExitStack() as outputs:
+                shard_bar = outputs.enter_context(_progress_bar(progress and num_shards > 1, num_shards, "shard",
+                                                                "shuffling shards"))
                 for shard, (spill, path) in enumerate(zip(spills, paths)):
                     writer = outputs.enter_context(tfrecords.atomic_tfrecord_writer(path))
                     with open(spill, "rb") as handle:
@@ -683,6 +694,8 @@ def write_pretraining_data(documents, output_prefix: str, vocab_file: str, *, to
                     rng = np.random.default_rng(np.random.SeedSequence([settings.random_seed, shard], spawn_key=(1,)))
                     writer.write_framed(*_shuffled_frames(framed, rng))
                     del framed
+                    if shard_bar is not None:
+                        shard_bar.update(1)
     masked = totals["masked_tokens"]
     stats = {"documents": totals["documents"], "instances": totals["instances"], "masked_tokens": masked,
              "masked_unk_share": totals["masked_unk"] / masked if masked else 0.0,

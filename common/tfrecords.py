@@ -52,7 +52,8 @@ def _length_delimited(tag: int, payload: bytes) -> bytes:
     return bytes([tag]) + _varint(len(payload)) + payload
 
 
-def _check_feature_names(int_features: Mapping, float_features: Mapping, bytes_features: Mapping | None = None) -> list[str]:
+def _check_feature_names(int_features: Mapping, float_features: Mapping,
+                         bytes_features: Mapping | None = None) -> list[str]:
     bytes_features = bytes_features or {}
     kinds = (("int", int_features), ("float", float_features), ("bytes", bytes_features))
     for index, (kind, group) in enumerate(kinds):
@@ -219,7 +220,7 @@ def _bytes_piece(payloads: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
 def serialize_int_examples(int_features: Mapping[str, np.ndarray],
                            float_features: Mapping[str, np.ndarray] | None = None,
                            bytes_features: Mapping[str, Sequence] | None = None) -> PackedRecords:
-    """Many Examples at once: every int/float feature is a [records, length] array; same bytes as `serialize_int_example`.
+    """Many Examples at once: int/float features are [records, length] arrays; bytes as `serialize_int_example`.
 
     A bytes feature is a sequence over records of one str/bytes value each, or of a sequence of them.
     """
@@ -243,7 +244,8 @@ def serialize_int_examples(int_features: Mapping[str, np.ndarray],
     features_length = np.zeros(num_records, dtype=np.int64)
     for name in names:
         if name in bytes_features:
-            payloads[name] = _bytes_piece([_bytes_list_payload(_as_bytes_values(value)) for value in bytes_features[name]])
+            payloads[name] = _bytes_piece([_bytes_list_payload(_as_bytes_values(value))
+                                           for value in bytes_features[name]])
         elif name in int_features:
             values = arrays[name]
             payloads[name] = _varint_piece(values if values.dtype.kind in "iu" else values.astype(np.int64))
@@ -583,9 +585,9 @@ def make_dataset(file_patterns, feature_spec: Mapping, batch_size: int, is_train
     Training follows Google BERT's `input_fn_builder`: the file list is shuffled (seeded, anew every epoch) and
     `cycle_length` files are read interleaved record by record (deterministic for a seed) before the record shuffle
     (`shuffle_buffer`, `seed`), so the buffer mixes several files instead of one file after another; epochs repeat
-    forever, each a new order of every record. Evaluation reads the files one after another in order. Sharded by `input_context`: whole files
-    when there are enough of them, otherwise every file's records are dealt round-robin to the pipelines.
-    int64 features are cast to int32.
+    forever, each a new order of every record. Evaluation reads the files one after another in order. Sharded by
+    `input_context`: whole files when there are enough of them, otherwise every file's records are dealt round-robin
+    to the pipelines. int64 features are cast to int32.
     """
     tf = _tf()
     files = _expand_file_patterns(file_patterns)

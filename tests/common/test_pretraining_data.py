@@ -111,7 +111,8 @@ def _words(tokens):
     """Position groups of whole words: a token and its following "##" pieces."""
     groups = []
     for index, token in enumerate(tokens):
-        if token.startswith("##") and groups and groups[-1][-1] == index - 1 and tokens[index - 1] not in ("[CLS]", "[SEP]"):
+        continues = groups and groups[-1][-1] == index - 1 and tokens[index - 1] not in ("[CLS]", "[SEP]")
+        if token.startswith("##") and continues:
             groups[-1].append(index)
         elif token not in ("[CLS]", "[SEP]"):
             groups.append([index])
@@ -182,8 +183,8 @@ def test_mlm_only_instances_of_programme_ids(tmp_path):
     vocab = SPECIAL + [f"p{index}" for index in range(50)]
     rng = random.Random(4)
     # Viewers' programme-id streams; ids p50.. are outside the vocabulary and become [UNK].
-    documents = [[" ".join(f"p{rng.randrange(55)}" for _ in range(rng.randint(5, 15))) for _ in range(rng.randint(1, 8))]
-                 for _ in range(60)]
+    documents = [[" ".join(f"p{rng.randrange(55)}" for _ in range(rng.randint(5, 15)))
+                  for _ in range(rng.randint(1, 8))] for _ in range(60)]
     instances = pretraining_data.create_training_instances(
         documents, vocab, max_seq_length=24, dupe_factor=3, max_predictions_per_seq=4, next_sentence=False,
         random_seed=9)
@@ -197,7 +198,8 @@ def test_mlm_only_instances_of_programme_ids(tmp_path):
         assert len(tokens) <= 24 and 1 <= len(instance.masked_lm_positions) <= 4
         unknown += tokens.count("[UNK]")
         # A contiguous run of one viewer's stream (unknown ids shown as [UNK]).
-        pattern = r"(^| )" + " ".join(r"p\d+" if token == "[UNK]" else re.escape(token) for token in tokens[1:-1]) + r"( |$)"
+        words = (r"p\d+" if token == "[UNK]" else re.escape(token) for token in tokens[1:-1])
+        pattern = r"(^| )" + " ".join(words) + r"( |$)"
         assert any(re.search(pattern, stream) for stream in streams)
     assert unknown > 0
 
@@ -241,7 +243,7 @@ def test_written_shards_are_worker_independent_streamed_and_parse_back(tmp_path)
                                                   num_shards=3, num_workers=1, progress=False, **settings)
     two = pretraining_data.write_pretraining_data(documents, str(tmp_path / "two"), str(tmp_path / "vocab.txt"),
                                                   num_shards=3, num_workers=2, progress=True, **settings)
-    assert [os.path.basename(path) for path in one["files"]] == [f"one-0000{index}-of-00003.tfrecord" for index in range(3)]
+    assert [os.path.basename(path) for path in one["files"]] == [f"one-0000{i}-of-00003.tfrecord" for i in range(3)]
     for path_one, path_two in zip(one["files"], two["files"]):
         assert open(path_one, "rb").read() == open(path_two, "rb").read()
     assert {key: value for key, value in one.items() if key != "files"} == \
