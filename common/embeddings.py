@@ -192,12 +192,13 @@ class SentenceEncoder:
 
     A text is a string or an `(a, b)` pair (`[CLS] a [SEP] b [SEP]`, segment ids 0/1). Only the blocks up
     to the deepest pooled layer run (the vectors are the same; `skip_unused_layers=False` runs all).
-    `pad_to_multiple_of` rounds each batch's length up (fewer distinct shapes for XLA/accelerators).
+    One traced graph serves every batch shape (the signature is `[None, None]`), so the default pads no
+    further; `pad_to_multiple_of` rounds batch lengths up where distinct shapes cost (XLA, `jit_compile`).
     """
 
     def __init__(self, encoder, tokenizer, pooling: str = "REDUCE_MEAN", layers=(-1,), normalize: bool = False,
                  max_seq_length: int = 128, batch_size: int = 64, mask_cls_sep: bool = False,
-                 lowercase_text: bool = False, skip_unused_layers: bool = True, pad_to_multiple_of: int = 8,
+                 lowercase_text: bool = False, skip_unused_layers: bool = True, pad_to_multiple_of: int = 1,
                  jit_compile: bool = False):
         self.encoder = encoder
         self.tokenizer = tokenizer

@@ -133,7 +133,8 @@ def fixed_padding_reference(encoder, tokenizer, texts, strategy, layers, max_seq
                                              ("SEP_TOKEN", (-1,))])
 def test_sorted_batches_match_one_at_a_time_and_fixed_padding(tiny_encoder, strategy, layers):
     encoder, tokenizer = tiny_encoder
-    batched = SentenceEncoder(encoder, tokenizer, pooling=strategy, layers=layers, max_seq_length=32, batch_size=3)
+    batched = SentenceEncoder(encoder, tokenizer, pooling=strategy, layers=layers, max_seq_length=32, batch_size=3,
+                              pad_to_multiple_of=8)
     single = SentenceEncoder(encoder, tokenizer, pooling=strategy, layers=layers, max_seq_length=32, batch_size=1,
                              skip_unused_layers=False, pad_to_multiple_of=1)
     vectors = batched.encode(TEXTS)
