@@ -2,6 +2,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,7 +14,8 @@ import tensorflow as tf
 
 from common.distribute import get_strategy
 from common.optimization import create_optimizer, set_mixed_precision
-from common.training import bert_pretraining_loss_fn, replica_loss, train
+from common.training import (_continuing_dataset_fn, bert_pretraining_loss_fn, classification_loss_fn,
+                             evaluate, replica_loss, train)
 
 # The worker script of the multi-worker test also holds the tiny model and data every test here uses.
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multi_worker_worker.py")
@@ -35,7 +37,7 @@ def _assert_weights_close(actual, expected, atol):
 
 
 def _train_tiny(strategy, model_dir, num_train_steps, examples, initial_weights=None, seed=0,
-                schedule_steps=None, clip_norm=1.0, **train_kwargs):
+                schedule_steps=None, clip_norm=1.0, make_eval_fn=None, dataset_fn=None, **train_kwargs):
     with strategy.scope():
         model = tiny.tiny_pretrainer(seed=seed)
         if initial_weights is not None:
@@ -43,7 +45,9 @@ def _train_tiny(strategy, model_dir, num_train_steps, examples, initial_weights=
         optimizer = create_optimizer(1e-2, schedule_steps or num_train_steps, num_warmup_steps=1,
                                      clip_norm=clip_norm)
     train_kwargs.setdefault("progress", False)
-    result = train(strategy, model, optimizer, tiny.tiny_dataset_fn(examples, GLOBAL_BATCH),
+    if make_eval_fn is not None:
+        train_kwargs["eval_fn"] = make_eval_fn(model)
+    result = train(strategy, model, optimizer, dataset_fn or tiny.tiny_dataset_fn(examples, GLOBAL_BATCH),
                    bert_pretraining_loss_fn, num_train_steps=num_train_steps, model_dir=str(model_dir),
                    **train_kwargs)
     return model, result
@@ -79,47 +83,6 @@ def test_mirrored_matches_one_device_on_the_same_global_batch(tmp_path):
     _assert_weights_close(_weights(mirrored_model), _weights(single_model), atol=1e-4)
     # Training moved the weights (warmup makes step 1 a no-op, steps 2-4 are not).
     assert max(np.abs(a - b).max() for a, b in zip(_weights(single_model), initial_weights)) > 1e-3
-
-
-def test_resume_continues_from_the_checkpoint_step_and_matches_an_uninterrupted_run(tmp_path, caplog):
-    # Four distinct global batches repeated: the resumed run restarts the dataset at step 4, which is
-    # a whole number of periods, so it sees the batches an uninterrupted run sees at steps 5 and 6.
-    examples = tiny.tiny_examples(4 * GLOBAL_BATCH, GLOBAL_BATCH)
-    default = get_strategy("default")
-    interrupted_dir = tmp_path / "interrupted"
-    caplog.set_level(logging.INFO, logger="absl")
-
-    _, first = _train_tiny(default, interrupted_dir, 4, examples, schedule_steps=6,
-                           save_checkpoints_steps=2, log_every_steps=2)
-    assert first.final_step == 4 and [s for s, _ in first.losses] == [1, 2, 3, 4]
-    assert tf.train.get_checkpoint_state(str(interrupted_dir)).all_model_checkpoint_paths == [
-        str(interrupted_dir / "ckpt-2"), str(interrupted_dir / "ckpt-4")]
-
-    # A fresh model with different initial weights: everything must come from the checkpoint.
-    resumed_model, resumed = _train_tiny(default, interrupted_dir, 6, examples, seed=123,
-                                         save_checkpoints_steps=2, log_every_steps=2)
-    assert resumed.final_step == 6
-    assert [s for s, _ in resumed.losses] == [5, 6]
-
-    straight_model, straight = _train_tiny(default, tmp_path / "straight", 6, examples,
-                                           save_checkpoints_steps=2, steps_per_execution=3)
-    np.testing.assert_allclose([l for _, l in first.losses + resumed.losses],
-                               [l for _, l in straight.losses], rtol=0, atol=1e-6)
-    _assert_weights_close(_weights(resumed_model), _weights(straight_model), atol=1e-6)
-
-    # Nothing left to do: a third call restores step 6 and returns at once.
-    _, again = _train_tiny(default, interrupted_dir, 6, examples, seed=5)
-    assert again.final_step == 6 and again.losses == []
-
-    log_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
-    assert any(line.startswith("step 2/4 loss ") and " lr " in line and line.endswith(" steps/s")
-               for line in log_lines), log_lines
-    assert any(line.startswith("step 6/6 loss ") for line in log_lines), log_lines
-    tags = set()
-    for event_file in tf.io.gfile.glob(str(interrupted_dir / "train" / "events.*")):
-        for event in tf.compat.v1.train.summary_iterator(event_file):
-            tags.update(value.tag for value in event.summary.value)
-    assert {"loss", "learning_rate", "steps_per_sec"} <= tags
 
 
 def test_dataset_that_runs_out_is_a_clear_error(tmp_path):
@@ -198,3 +161,246 @@ def test_two_workers_on_loopback_train_to_identical_weights(tmp_path):
     assert sorted(os.listdir(model_dir)) == sorted(
         ["checkpoint", "train"] + [f"ckpt-{s}.{ext}" for s in (2, 4, 6)
                                    for ext in ("index", "data-00000-of-00001")])
+
+
+def _event_tags(directory):
+    tags = set()
+    for event_file in tf.io.gfile.glob(str(directory / "events.*")):
+        for event in tf.compat.v1.train.summary_iterator(event_file):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+def _planted_eval(scores, calls, snapshots):
+    """An eval_fn factory returning planted scores by step and recording the weights it saw."""
+    def make_eval_fn(model):
+        def eval_fn(step):
+            calls.append(step)
+            snapshots[step] = _weights(model)
+            return {"score": scores[step], "doubled": np.float32(2 * scores[step])}
+        return eval_fn
+    return make_eval_fn
+
+
+def test_periodic_evaluation_keeps_history_and_the_best_weights_across_a_resume(tmp_path, caplog):
+    examples = tiny.tiny_examples(2 * GLOBAL_BATCH, GLOBAL_BATCH)
+    model_dir = tmp_path / "model"
+    caplog.set_level(logging.INFO, logger="absl")
+    calls, snapshots = [], {}
+    scores = {2: 0.5, 4: 0.9, 5: 0.7, 6: 0.1, 7: 0.2}
+    _, first = _train_tiny(get_strategy("default"), model_dir, 5, examples, schedule_steps=10,
+                           make_eval_fn=_planted_eval(scores, calls, snapshots), eval_every_steps=2,
+                           best_metric="score", best_mode="max", save_checkpoints_steps=2,
+                           steps_per_execution=3)
+    # Every 2 steps and once at the end; chunks of 3 steps still stop at each evaluation.
+    assert calls == [2, 4, 5]
+    expected = [{"step": s, "score": scores[s], "doubled": pytest.approx(2 * scores[s])} for s in (2, 4, 5)]
+    assert first.eval_history == expected
+    assert json.loads((model_dir / "eval_history.json").read_text()) == expected
+    assert first.best_step == 4 and first.best_metrics["score"] == 0.9 and not first.stopped_early
+    best_info = json.loads((model_dir / "best" / "best.json").read_text())
+    assert best_info["step"] == 4 and best_info["metric"] == "score" and best_info["value"] == 0.9
+    assert {"score", "doubled"} <= _event_tags(model_dir / "eval")
+    assert any(r.getMessage().startswith("eval step 4/5 score 0.9000 doubled 1.8000 (new best score)")
+               for r in caplog.records)
+
+    # The best checkpoint holds the weights evaluated at step 4, not the final ones.
+    restored = tiny.tiny_pretrainer(seed=99)
+    tf.train.Checkpoint(model=restored).restore(
+        tf.train.latest_checkpoint(str(model_dir / "best"))).expect_partial()
+    _assert_weights_close(_weights(restored), snapshots[4], atol=0)
+    assert max(np.abs(a - b).max() for a, b in zip(snapshots[4], snapshots[5])) > 1e-4
+
+    # Resumed to step 7: the history is loaded and appended to; no score beats step 4's.
+    calls.clear()
+    _, resumed = _train_tiny(get_strategy("default"), model_dir, 7, examples, seed=3, schedule_steps=10,
+                             make_eval_fn=_planted_eval(scores, calls, snapshots), eval_every_steps=2,
+                             best_metric="score", save_checkpoints_steps=2)
+    assert calls == [6, 7]
+    assert [r["step"] for r in resumed.eval_history] == [2, 4, 5, 6, 7]
+    assert [r["step"] for r in json.loads((model_dir / "eval_history.json").read_text())] == [2, 4, 5, 6, 7]
+    assert resumed.best_step == 4
+    assert json.loads((model_dir / "best" / "best.json").read_text())["step"] == 4
+
+
+def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp_path, caplog):
+    examples = tiny.tiny_examples(GLOBAL_BATCH, GLOBAL_BATCH)
+    caplog.set_level(logging.INFO, logger="absl")
+    calls, snapshots = [], {}
+    # Lower is better: best at step 2, then two evaluations that do not beat it.
+    losses = {1: 0.6, 2: 0.4, 3: 0.45, 4: 0.4, 5: 0.1}
+    kwargs = dict(make_eval_fn=_planted_eval(losses, calls, snapshots), eval_every_steps=1,
+                  best_metric="score", best_mode="min", early_stopping_patience=2,
+                  save_checkpoints_steps=None, steps_per_execution=3, schedule_steps=10)
+    _, result = _train_tiny(get_strategy("default"), tmp_path, 10, examples, **kwargs)
+    assert calls == [1, 2, 3, 4]
+    assert result.stopped_early and result.final_step == 4 and result.best_step == 2
+    assert [step for step, _ in result.losses] == [1, 2, 3, 4]
+    assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "ckpt-4")
+    assert any(r.getMessage().startswith("early stopping at step 4") for r in caplog.records)
+
+    # Started again, the run is still stopped: no training, no evaluation.
+    calls.clear()
+    _, again = _train_tiny(get_strategy("default"), tmp_path, 10, examples, **kwargs)
+    assert again.stopped_early and again.final_step == 4 and again.losses == [] and calls == []
+
+
+def _planted_accuracy_examples(model, examples):
+    """Labels that the untrained model gets right at known places: the first MLM target of each
+    example and the first three NSP labels. Returns the examples and the accuracies of the batch."""
+    outputs = model(examples, training=False)
+    mlm_predictions = np.argmax(outputs["masked_lm_logits"], axis=-1)
+    nsp_predictions = np.argmax(outputs["next_sentence_logits"], axis=-1)
+    mlm_right = np.zeros(mlm_predictions.shape, bool)
+    mlm_right[:, 0] = True
+    nsp_right = np.arange(len(nsp_predictions)) < 3
+    planted = dict(examples)
+    planted["masked_lm_ids"] = np.where(mlm_right, mlm_predictions,
+                                        (mlm_predictions + 1) % tiny.VOCAB_SIZE).astype(np.int32)
+    planted["next_sentence_labels"] = np.where(nsp_right, nsp_predictions,
+                                               1 - nsp_predictions)[:, None].astype(np.int32)
+    weights = examples["masked_lm_weights"]
+    return planted, {"masked_lm_accuracy": (weights * mlm_right).sum() / weights.sum(),
+                     "next_sentence_accuracy": nsp_right.mean()}
+
+
+def test_auxiliary_metrics_are_global_accuracies_and_not_part_of_the_loss(tmp_path):
+    examples = tiny.tiny_examples(GLOBAL_BATCH, GLOBAL_BATCH)
+    examples, expected = _planted_accuracy_examples(tiny.tiny_pretrainer(seed=0), examples)
+    # Replica 0's half is right on 4 of its 12 weighted targets, replica 1's on 4 of 4: the global
+    # accuracy is 8/16, the mean of the replicas' accuracies would be 2/3.
+    assert expected["masked_lm_accuracy"] == 0.5 and expected["next_sentence_accuracy"] == 3 / 8
+    # Two replicas: each holds one half, so the metrics are exact only if sums and counts are global.
+    strategy = get_strategy("mirrored")
+    # One step: its metrics come from the forward pass on the initial weights.
+    _, result = _train_tiny(strategy, tmp_path, 1, examples, log_every_steps=1)
+    for name, value in expected.items():
+        assert result.metrics[name] == pytest.approx(value, abs=1e-6), name
+    # The loss is the sum of the two terms only.
+    assert result.metrics["masked_lm"] + result.metrics["next_sentence"] == pytest.approx(
+        result.losses[0][1], abs=1e-5)
+    assert {"loss", "masked_lm_accuracy", "next_sentence_accuracy", "masked_lm"} <= _event_tags(
+        tmp_path / "train")
+
+
+def _log_softmax(logits):
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("strategy_name", ["default", "mirrored"])
+def test_evaluate_matches_hand_computed_losses_with_a_partial_last_batch(strategy_name):
+    strategy = get_strategy(strategy_name)
+    examples = tiny.tiny_examples(11, GLOBAL_BATCH, seed=4)
+    with strategy.scope():
+        model = tiny.tiny_pretrainer(seed=2)
+    outputs = model(examples, training=False)
+    mlm_log_probs = _log_softmax(outputs["masked_lm_logits"])
+    nsp_log_probs = _log_softmax(outputs["next_sentence_logits"])
+    ids, weights = examples["masked_lm_ids"], examples["masked_lm_weights"].astype(np.float64)
+    labels = examples["next_sentence_labels"][:, 0]
+    mlm_ce = -np.take_along_axis(mlm_log_probs, ids[..., None], -1)[..., 0]
+    nsp_ce = -nsp_log_probs[np.arange(11), labels]
+    expected = {
+        "masked_lm": (mlm_ce * weights).sum() / weights.sum(),
+        "next_sentence": nsp_ce.mean(),
+        "masked_lm_accuracy": ((mlm_log_probs.argmax(-1) == ids) * weights).sum() / weights.sum(),
+        "next_sentence_accuracy": (nsp_log_probs.argmax(-1) == labels).mean(),
+    }
+    expected["loss"] = expected["masked_lm"] + expected["next_sentence"]
+    # Batches of 4, 4, 3 and of 5, 5, 1 (under two replicas the last one leaves a replica empty).
+    for batch_size in (4, 5):
+        dataset = tf.data.Dataset.from_tensor_slices(examples).batch(batch_size)
+        results = evaluate(strategy, model, dataset, bert_pretraining_loss_fn)
+        assert results.keys() == expected.keys()
+        for name, value in expected.items():
+            assert results[name] == pytest.approx(value, abs=1e-5), (batch_size, name)
+    # max_steps: the first batch only.
+    first = evaluate(strategy, model, dataset, bert_pretraining_loss_fn, max_steps=1)
+    assert first["next_sentence"] == pytest.approx(nsp_ce[:5].mean(), abs=1e-5)
+
+
+def test_classification_loss_is_float32_cross_entropy_with_accuracy():
+    set_mixed_precision("bfloat16")
+    from common.heads import BertClassifier
+    encoder = tiny.tiny_pretrainer(seed=1).encoder
+    model = BertClassifier(encoder, num_labels=3)
+    rng = np.random.default_rng(0)
+    features = {"input_ids": rng.integers(1, tiny.VOCAB_SIZE, (7, 6)).astype(np.int32),
+                "label_ids": rng.integers(0, 3, 7).astype(np.int32)}
+    logits = model(features, training=False)
+    assert logits.dtype == "bfloat16"
+    log_probs = _log_softmax(np.asarray(tf.cast(logits, tf.float32)))
+    results = evaluate(tf.distribute.get_strategy(), model,
+                       tf.data.Dataset.from_tensor_slices(features).batch(4), classification_loss_fn)
+    assert results == {
+        "loss": pytest.approx(-log_probs[np.arange(7), features["label_ids"]].mean(), abs=1e-5),
+        "accuracy": pytest.approx((log_probs.argmax(-1) == features["label_ids"]).mean())}
+    terms = classification_loss_fn(model, features, False)
+    assert terms["loss"][0].dtype == "float32"
+
+
+def test_resume_continues_the_step_and_the_data_stream_of_an_interrupted_run(tmp_path, caplog):
+    # Six distinct global batches; interrupted at step 2, a restarted dataset would replay batches
+    # 0-2 where an uninterrupted run sees batches 2-4.
+    examples = tiny.tiny_examples(6 * GLOBAL_BATCH, GLOBAL_BATCH)
+    default = get_strategy("default")
+    interrupted_dir = tmp_path / "interrupted"
+    caplog.set_level(logging.INFO, logger="absl")
+    kwargs = dict(schedule_steps=5, save_checkpoints_steps=2, log_every_steps=2)
+    straight_model, straight = _train_tiny(default, tmp_path / "straight", 5, examples,
+                                           steps_per_execution=3, **kwargs)
+    straight_losses = [loss for _, loss in straight.losses]
+    assert abs(straight_losses[2] - straight_losses[0]) > 1e-3  # replaying would show
+
+    _, first = _train_tiny(default, interrupted_dir, 2, examples, **kwargs)
+    assert first.final_step == 2 and [s for s, _ in first.losses] == [1, 2]
+    assert tf.train.get_checkpoint_state(str(interrupted_dir)).all_model_checkpoint_paths == [
+        str(interrupted_dir / "ckpt-2")]
+    shutil.copytree(interrupted_dir, tmp_path / "start_step")
+
+    # A fresh model with different initial weights: everything comes from the checkpoint, and a plain
+    # dataset_fn is skipped by the batches the first 2 steps consumed.
+    resumed_model, resumed = _train_tiny(default, interrupted_dir, 5, examples, seed=1, **kwargs)
+    assert resumed.final_step == 5 and [s for s, _ in resumed.losses] == [3, 4, 5]
+    np.testing.assert_allclose([loss for _, loss in first.losses + resumed.losses], straight_losses,
+                               rtol=0, atol=1e-6)
+    _assert_weights_close(_weights(resumed_model), _weights(straight_model), atol=1e-6)
+
+    # A dataset_fn taking start_step is given it and continues the stream itself.
+    seen_start_steps = []
+    plain_fn = tiny.tiny_dataset_fn(examples, GLOBAL_BATCH)
+
+    def dataset_fn(input_context, start_step):
+        seen_start_steps.append(start_step)
+        return plain_fn(input_context).skip(start_step)
+
+    _, own = _train_tiny(default, tmp_path / "start_step", 5, examples, seed=1, dataset_fn=dataset_fn,
+                         summary=False, **kwargs)
+    assert seen_start_steps == [2]
+    np.testing.assert_allclose([loss for _, loss in own.losses], straight_losses[2:], rtol=0, atol=1e-6)
+
+    # Nothing left to do: a third call restores step 5 and returns at once.
+    _, again = _train_tiny(default, interrupted_dir, 5, examples, seed=5)
+    assert again.final_step == 5 and again.losses == []
+
+    log_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert any(line.startswith("step 2/2 loss ") and " lr " in line and line.endswith(" steps/s")
+               for line in log_lines), log_lines
+    assert any(line.startswith("step 5/5 loss ") for line in log_lines), log_lines
+    assert {"loss", "learning_rate", "steps_per_sec"} <= _event_tags(interrupted_dir / "train")
+
+
+def test_resume_skips_one_batch_per_local_replica_and_step():
+    # Two replicas on one input pipeline take two per-replica batches per step; with two pipelines
+    # (workers, one replica each) each pipeline gives one batch per step.
+    def dataset_fn(input_context):
+        return tf.data.Dataset.range(100)
+
+    for pipelines, expected_first in ((1, 6), (2, 3)):
+        context = tf.distribute.InputContext(num_input_pipelines=pipelines, input_pipeline_id=0,
+                                             num_replicas_in_sync=2)
+        dataset = _continuing_dataset_fn(dataset_fn, 3)(context)
+        assert int(next(iter(dataset))) == expected_first
+    assert _continuing_dataset_fn(dataset_fn, 0) is dataset_fn
