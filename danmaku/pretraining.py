@@ -265,17 +265,20 @@ def run_pretraining(strategy, settings: PretrainingSettings) -> dict:
         from common.pretraining_data import make_pretraining_dataset
         from common.training import bert_pretraining_loss_fn, train
 
-        def dataset_fn(input_context):
+        def dataset_fn(input_context, start_step=0):
+            # A resumed run reshuffles with another seed instead of replaying (or skipping) the first batches.
             batch_size = input_context.get_per_replica_batch_size(settings.train_batch_size)
             return make_pretraining_dataset(train_files, batch_size, settings.max_seq_length,
                                             settings.max_predictions_per_seq, is_training=True,
-                                            seed=settings.random_seed, input_context=input_context)
+                                            seed=settings.random_seed + start_step, input_context=input_context)
+
+        def eval_fn(step):
+            metrics = evaluate_pretrainer(strategy, model, eval_file, settings, step)
+            return {key: value for key, value in metrics.items() if key != "global_step"}
 
         eval_kwargs = {}
         if settings.eval_every_steps:
-            eval_kwargs = dict(
-                eval_fn=lambda step: evaluate_pretrainer(strategy, model, eval_file, settings, step),
-                eval_every_steps=settings.eval_every_steps)
+            eval_kwargs = dict(eval_fn=eval_fn, eval_every_steps=settings.eval_every_steps)
         train_result = train(strategy, model, optimizer, dataset_fn, bert_pretraining_loss_fn,
                              settings.num_train_steps, settings.output_dir,
                              save_checkpoints_steps=settings.save_checkpoints_steps,

@@ -11,12 +11,17 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from danmaku_helpers import make_model_folder
+
+from common.checkpoints import CheckpointMismatchError
+from common.config import BertConfig
 
 from common.embeddings import SentenceEncoder
 from danmaku.client import BertClient
 from danmaku.data import create_pretraining_data
 from danmaku.models import load_model
-from danmaku.pretraining import (PretrainingSettings, format_table, read_eval_results, run_pretraining)
+from danmaku.pretraining import (PretrainingSettings, build_pretrainer, format_table, read_eval_results,
+                                  run_pretraining, warm_start_pretrainer)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GOOGLE_KEYS = {"global_step", "loss", "masked_lm_accuracy", "masked_lm_loss", "next_sentence_accuracy",
@@ -66,7 +71,7 @@ def trained(tmp_path_factory, tiny_model_dir, corpus_lines):
 def test_pretraining_writes_the_four_numbers_in_googles_format(trained):
     settings, result = trained
     output_dir = settings.output_dir
-    assert "heads: random" in result["loaded_from"]  # the Google folder has no cls/ tensors
+    assert "masked-LM head, next-sentence head" in result["loaded_from"]  # cls/ tensors of the Google folder
     values = read_eval_results(os.path.join(output_dir, "eval_results.txt"))
     assert set(values) == GOOGLE_KEYS and values["global_step"] == STEPS
     assert values == pytest.approx(result["rows"]["eval"])
@@ -126,3 +131,28 @@ def test_serve_cli_loads_the_tuned_checkpoint_with_bert_as_service_flags(trained
             if server.poll() is None:
                 server.kill()
     assert server.returncode == 0
+
+
+def test_warm_start_loads_googles_heads_or_starts_them_fresh(tmp_path, tiny_model_dir, corpus_lines):
+    config = BertConfig.from_json_file(os.path.join(tiny_model_dir, "bert_config.json"))
+    settings = PretrainingSettings(input_file="unused", output_dir=str(tmp_path))
+    reader = tf.train.load_checkpoint(os.path.join(tiny_model_dir, "bert_model.ckpt"))
+    model, _ = build_pretrainer(tf.distribute.get_strategy(), config, settings)
+    warm_start_pretrainer(tiny_model_dir, model)
+    np.testing.assert_array_equal(model.next_sentence.kernel.numpy().T,
+                                  reader.get_tensor("cls/seq_relationship/output_weights"))
+    np.testing.assert_array_equal(model.encoder.pooler_dense.kernel.numpy(),
+                                  reader.get_tensor("bert/pooler/dense/kernel"))
+
+    encoder_only = make_model_folder(str(tmp_path / "encoder_only"), corpus_lines, seed=3, with_heads=False)
+    model, _ = build_pretrainer(tf.distribute.get_strategy(), config, settings)
+    head_before = model.next_sentence.kernel.numpy().copy()
+    assert warm_start_pretrainer(encoder_only, model).endswith("heads: random")
+    np.testing.assert_array_equal(model.next_sentence.kernel.numpy(), head_before)
+    np.testing.assert_array_equal(
+        model.encoder.pooler_dense.kernel.numpy(),
+        tf.train.load_checkpoint(os.path.join(encoder_only, "bert_model.ckpt")).get_tensor("bert/pooler/dense/kernel"))
+
+    wider = make_model_folder(str(tmp_path / "wider"), corpus_lines, config_overrides={"hidden_size": 64})
+    with pytest.raises(CheckpointMismatchError):  # an encoder that does not fit is an error, heads or not
+        warm_start_pretrainer(wider, model)
