@@ -134,7 +134,8 @@ def test_two_workers_on_loopback_train_to_identical_weights(tmp_path):
                 {"cluster": cluster, "task": {"type": "worker", "index": index}}))
             processes.append(subprocess.Popen(
                 [sys.executable, WORKER_SCRIPT, "--model_dir", str(model_dir),
-                 "--output", str(tmp_path / f"worker{index}.json"), "--num_train_steps", "6"],
+                 "--output", str(tmp_path / f"worker{index}.json"), "--num_train_steps", "6",
+                 "--eval_every_steps", "3"],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
         deadline = time.monotonic() + 150
         for index, process in enumerate(processes):
@@ -157,10 +158,23 @@ def test_two_workers_on_loopback_train_to_identical_weights(tmp_path):
     losses = [loss for _, loss in chief["losses"]]
     assert [step for step, _ in chief["losses"]] == [1, 2, 3, 4, 5, 6]
     assert losses[-1] < losses[0] - 0.2, losses
-    # Only the chief wrote into model_dir: its checkpoints and summaries, no worker temp dirs.
+    # Both workers evaluated collectively at steps 3 and 6 and got the exact global numbers (the last
+    # batch is partial) that the final model gives in one process; both kept the same best step.
+    for report in reports:
+        assert [record["step"] for record in report["eval_history"]] == [3, 6]
+        for name, value in report["reference_eval"].items():
+            assert report["eval_history"][-1][name] == pytest.approx(value, abs=1e-5), name
+    for mine, theirs in zip(chief["eval_history"], other["eval_history"]):
+        assert mine == pytest.approx(theirs, abs=1e-6)
+    best_step = chief["best_step"]
+    assert best_step in (3, 6) and other["best_step"] == best_step
+    # Only the chief wrote into model_dir: its checkpoints, summaries and evaluations, no worker temp dirs.
     assert sorted(os.listdir(model_dir)) == sorted(
-        ["checkpoint", "train"] + [f"ckpt-{s}.{ext}" for s in (2, 4, 6)
-                                   for ext in ("index", "data-00000-of-00001")])
+        ["checkpoint", "train", "eval", "eval_history.json", "best"]
+        + [f"ckpt-{s}.{ext}" for s in (2, 4, 6) for ext in ("index", "data-00000-of-00001")])
+    assert sorted(os.listdir(model_dir / "best")) == [
+        "best.json", "checkpoint", f"ckpt-{best_step}.data-00000-of-00001", f"ckpt-{best_step}.index"]
+    assert [r["step"] for r in json.loads((model_dir / "eval_history.json").read_text())] == [3, 6]
 
 
 def _event_tags(directory):
