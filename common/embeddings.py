@@ -257,8 +257,13 @@ class SentenceEncoder:
     def featurize(self, texts: Sequence) -> list[tuple[list[int], list[int]]]:
         """Each text -> (ids, segment ids) without padding, truncated to `max_seq_length`."""
         rows = []
-        for text in texts:
-            text_a, text_b = (text, None) if isinstance(text, str) else tuple(text)
+        for index, text in enumerate(texts):
+            if isinstance(text, str):
+                text_a, text_b = text, None
+            elif isinstance(text, (tuple, list)) and len(text) == 2 and all(isinstance(t, str) for t in text):
+                text_a, text_b = text
+            else:
+                raise TypeError(f"text {index} is {type(text).__name__}, not a string or an (a, b) pair of strings")
             if self.lowercase_text:
                 text_a, text_b = text_a.lower(), (None if text_b is None else text_b.lower())
             tokens_b = None if text_b is None else self.tokenizer.tokenize(text_b)

@@ -133,9 +133,12 @@ def project_2d(features, method: str = "tsne", pca_dims: int = 50, random_seed: 
                perplexity: float = 30.0, num_threads: int | None = None) -> np.ndarray:
     """`[n, d]` features -> `[n, 2]` float32: t-SNE after PCA to `pca_dims` when wider (as the papers'
     scripts do), or plain PCA with `method="pca"`. Deterministic for a seed. `num_threads` caps
-    scikit-learn's OpenMP/BLAS threads (on a busy machine 1 is often much faster)."""
+    scikit-learn's OpenMP/BLAS threads; None means 1 up to 2,000 points (there threads save little and,
+    on a busy machine, their spinning made t-SNE 25x slower) and no cap above."""
     from threadpoolctl import threadpool_limits
 
+    if num_threads is None and len(features) <= 2000:
+        num_threads = 1
     with threadpool_limits(limits=num_threads):
         return _project_2d(features, method, pca_dims, random_seed, perplexity)
 

@@ -163,6 +163,8 @@ def test_pairs_none_pooling_and_normalisation(tiny_encoder):
     np.testing.assert_allclose(np.linalg.norm(normalized, axis=1), 1.0, atol=1e-6)
     with pytest.raises(TypeError):
         SentenceEncoder(encoder, tokenizer, max_seq_length=16).encode("one string")
+    with pytest.raises(TypeError, match="text 1 is int"):
+        SentenceEncoder(encoder, tokenizer, max_seq_length=16).encode(["fine", 3])
     with pytest.raises(ValueError, match="max_seq_length"):
         SentenceEncoder(encoder, tokenizer, max_seq_length=64)
 
