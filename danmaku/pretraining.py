@@ -207,7 +207,7 @@ def evaluate_pretrainer(strategy, model, input_file: str, settings: PretrainingS
     from common.training import bert_pretraining_loss_fn, evaluate
 
     results = evaluate(strategy, model, make_eval_dataset(input_file, settings), bert_pretraining_loss_fn,
-                       max_steps=settings.max_eval_steps)
+                       max_steps=settings.max_eval_steps, progress=settings.progress)
     return google_metrics(results, global_step)
 
 

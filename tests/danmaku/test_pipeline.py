@@ -156,3 +156,16 @@ def test_warm_start_loads_googles_heads_or_starts_them_fresh(tmp_path, tiny_mode
     wider = make_model_folder(str(tmp_path / "wider"), corpus_lines, config_overrides={"hidden_size": 64})
     with pytest.raises(CheckpointMismatchError):  # an encoder that does not fit is an error, heads or not
         warm_start_pretrainer(wider, model)
+
+
+def test_run_pretraining_cli_reports_a_wrong_input_file_in_one_line(tmp_path, tiny_model_dir):
+    result = subprocess.run(
+        [sys.executable, "-m", "danmaku.run_pretraining", f"--input_file={tmp_path / 'missing.tfrecord'}",
+         f"--output_dir={tmp_path / 'model'}", f"--init_checkpoint={tiny_model_dir}", "--do_train",
+         "--max_seq_length=32"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --input_file: nothing matches '{tmp_path / 'missing.tfrecord'}' "
+        "(nor its shards <name>-00000-of-0000N.tfrecord)")
+    assert not (tmp_path / "model").exists()
