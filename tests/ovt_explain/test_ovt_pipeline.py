@@ -105,3 +105,49 @@ def test_cli_reports_a_wrong_config_key_in_one_line(tmp_path):
                                capture_output=True, text=True, timeout=300)
     assert completed.returncode == 1
     assert f"error: {config}:3: unknown key 'num_train_epoch' (did you mean 'num_train_epochs'?)" in completed.stderr
+
+
+_HARNESS = """<script>
+window.addEventListener("error", function (e) { console.log("HARNESS-ERROR " + e.message); });
+try {
+  var u = document.getElementById("user"), m = document.getElementById("method"), l = document.getElementById("layer");
+  var steps = 0;
+  for (var i = 0; i < u.options.length; i++) {
+    u.value = u.options[i].value; u.dispatchEvent(new Event("change"));
+    for (var j = 0; j < m.options.length; j++) {
+      m.value = m.options[j].value; m.dispatchEvent(new Event("change"));
+      for (var k = 0; k < l.options.length; k++) {
+        l.value = l.options[k].value; l.dispatchEvent(new Event("change"));
+        document.querySelectorAll(".tok").forEach(function (t) { t.dispatchEvent(new Event("mouseenter")); });
+        document.querySelectorAll(".tok")[1].dispatchEvent(new Event("click"));
+        steps++;
+      }
+    }
+  }
+  console.log("HARNESS-OK " + steps + " " + document.querySelectorAll(".tok").length);
+} catch (e) { console.log("HARNESS-ERROR " + e); }
+</script>"""
+
+
+def test_html_page_runs_in_headless_chromium_without_console_errors(trained, tmp_path):
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium to render the page")
+    from ovt_explain.attention_visualization import visualize
+
+    result = visualize(trained["cls_dir"], os.path.join(trained["cls_dir"], "not_viewed.txt"), str(tmp_path),
+                       None, max_users=2, methods=["raw", "rollout", "flow"])
+    page = open(result["html"], encoding="utf-8").read()
+    # Drive every user x method x layer, hover every token and click one, as a user would.
+    driven = tmp_path / "driven.html"
+    driven.write_text(page.replace("</body></html>", _HARNESS + "</body></html>"), encoding="utf-8")
+    completed = subprocess.run(
+        [browser, "--headless", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr", "--v=0",
+         "--virtual-time-budget=3000", "--dump-dom", driven.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    console = [line for line in completed.stderr.splitlines() if "CONSOLE" in line]
+    assert any("HARNESS-OK 12 " in line for line in console), console  # 2 users x 3 methods x 2 layers
+    assert not [line for line in console if "HARNESS-ERROR" in line or "Uncaught" in line], console
+    assert completed.stdout.count('class="tok') > 3  # the script rendered the programmes
