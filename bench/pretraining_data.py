@@ -80,27 +80,37 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def _timed(function, workers: int) -> tuple[int, dict]:
-    """Runs `function` (returning an instance count); wall and CPU seconds, and the rate an idle machine would give."""
+def _timed(function, workers: int) -> dict:
+    """Runs `function` (returning instance statistics); wall and CPU seconds, and the rate on an idle machine."""
     wall, cpu = time.perf_counter(), _cpu_seconds()
-    instances = function()
+    stats = function()
     wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+    instances = stats["instances"]
     # On a loaded machine wall time measures the load; CPU time / workers is the wall time on idle cores.
-    return instances, {"instances": instances, "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
-                       "instances_per_s": round(instances / wall, 1),
-                       "instances_per_s_idle_estimate": round(instances / max(cpu / workers, wall / 50), 1)}
+    return {**stats, "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
+            "instances_per_s": round(instances / wall, 1),
+            "instances_per_s_idle_estimate": round(instances / max(cpu / workers, wall / 50), 1)}
+
+
+def _summary(instances: int, random_next: int, tokens: int, masked: int) -> dict:
+    """What both implementations should agree on (Google's algorithm, other random numbers)."""
+    return {"instances": instances, "random_next_share": round(random_next / instances, 4),
+            "mean_tokens": round(tokens / instances, 2), "masked_per_instance": round(masked / instances, 3)}
 
 
 def run_ours(vocab_path, corpus_path, output_dir, workers, dupe_factor) -> dict:
     tokenizer = BertTokenizer.from_vocab_file(vocab_path, lowercase=True)
 
     def write():
-        return pretraining_data.write_pretraining_data(
+        stats = pretraining_data.write_pretraining_data(
             lambda: read_documents(corpus_path), os.path.join(output_dir, "ours"), vocab_path,
             tokenize=tokenizer.tokenize, num_shards=workers, num_workers=workers, progress=False,
-            dupe_factor=dupe_factor, **SETTINGS)["instances"]
+            dupe_factor=dupe_factor, **SETTINGS)
+        instances = stats["instances"]
+        return _summary(instances, round(stats["random_next_share"] * instances),
+                        round(stats["mean_tokens"] * instances), stats["masked_tokens"])
 
-    return _timed(write, workers)[1]
+    return _timed(write, workers)
 
 
 def fetch_google(directory: str) -> str | None:
@@ -134,9 +144,11 @@ def run_google(google_dir, vocab_path, corpus_path, output_dir, dupe_factor) -> 
         google.write_instance_to_example_files(instances, tokenizer, SETTINGS["max_seq_length"],
                                                SETTINGS["max_predictions_per_seq"],
                                                [os.path.join(output_dir, "google.tfrecord")])
-        return len(instances)
+        return _summary(len(instances), sum(instance.is_random_next for instance in instances),
+                        sum(len(instance.tokens) for instance in instances),
+                        sum(len(instance.masked_lm_positions) for instance in instances))
 
-    return _timed(write, 1)[1]  # single-threaded by design
+    return _timed(write, 1)  # single-threaded by design
 
 
 def main(argv=None) -> dict:

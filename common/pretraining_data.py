@@ -550,7 +550,7 @@ def _write_block_task(task) -> dict:
     return {"framed": framed, "documents": num_documents, "instances": len(arrays),
             "masked_tokens": int(arrays.masked_lm_counts.sum()),
             "masked_unk": int(((arrays.masked_lm_ids == vocab.unk_id) & valid).sum()),
-            "random_next": int(arrays.is_random_next.sum())}
+            "random_next": int(arrays.is_random_next.sum()), "tokens": int(arrays.lengths.sum())}
 
 
 def _fork_is_safe() -> bool:
@@ -639,7 +639,8 @@ def write_pretraining_data(documents, output_prefix: str, vocab_file: str, *, to
     does not meet the corpus in its file order (Google shuffles all instances). `tokenize` must be picklable (a
     module-level function or a tokenizer's bound method) when workers are used. `instance_kwargs` are
     `create_training_instances`'s. Returns the statistics: documents, instances, masked_tokens, masked_unk_share
-    (share of masked tokens that are [UNK]), random_next_share, files.
+    (share of masked tokens that are [UNK]), random_next_share, mean_tokens (per instance, [CLS]/[SEP] included),
+    files.
     """
     settings = _settings(**instance_kwargs)
     vocab_words = [token for token, _ in sorted(load_vocab(vocab_file).items(), key=lambda item: item[1])]
@@ -700,6 +701,7 @@ def write_pretraining_data(documents, output_prefix: str, vocab_file: str, *, to
     stats = {"documents": totals["documents"], "instances": totals["instances"], "masked_tokens": masked,
              "masked_unk_share": totals["masked_unk"] / masked if masked else 0.0,
              "random_next_share": totals["random_next"] / totals["instances"] if totals["instances"] else 0.0,
+             "mean_tokens": totals["tokens"] / totals["instances"] if totals["instances"] else 0.0,
              "files": paths}
     logging.info("pre-training data: %d documents -> %d instances in %d files, %d masked tokens ([UNK] %.2f%%)",
                  stats["documents"], stats["instances"], num_shards, masked, 100 * stats["masked_unk_share"])
