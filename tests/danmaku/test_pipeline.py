@@ -106,6 +106,10 @@ def test_serve_cli_loads_the_tuned_checkpoint_with_bert_as_service_flags(trained
     untuned = load_model(tiny_model_dir)
     before = SentenceEncoder(untuned.encoder, untuned.tokenizer, layers=(-1,), max_seq_length=16).encode(texts)
     assert np.abs(expected - before).max() > 1e-3  # the tuned weights really differ
+    # Our resumable checkpoints load as tuned models too; the last one holds the same weights.
+    last = load_model(tiny_model_dir, settings.output_dir, f"ckpt-{STEPS}")
+    assert "model checkpoint" in last.weights
+    np.testing.assert_array_equal(last.encoder.pooler_dense.kernel.numpy(), tuned.encoder.pooler_dense.kernel.numpy())
 
     port = free_port()
     # The seed's own command line, with `python -m danmaku.serve` for `bert-serving-start`.
