@@ -454,13 +454,18 @@ def define_flags():
     flags.DEFINE_integer("top_tokens", 15, "Programmes in the importance bar charts.")
     flags.DEFINE_bool("dump_json", False, "Also write each method's matrices as JSON, like the original.")
     flags.DEFINE_integer("num_workers", None, "Threads for attention flow (default: all cores).")
+    flags.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16", "float16"],
+                      "Run the model in this precision (attention is cast to float64 before rollout and flow).")
 
 
 def main(argv):
     del argv
+    from common.optimization import set_mixed_precision
+
     for name in ("checkpoint", "users", "out"):
         if not getattr(FLAGS, name):
             raise cli.UserError(f"--{name} is required")
+    set_mixed_precision(FLAGS.mixed_precision)
     result = visualize(FLAGS.checkpoint, FLAGS.users, FLAGS.out, FLAGS.programs, FLAGS.methods, FLAGS.max_users,
                        FLAGS.flow_rows, FLAGS.graph_tokens, FLAGS.top_edges, FLAGS.top_tokens, FLAGS.dump_json,
                        FLAGS.num_workers)

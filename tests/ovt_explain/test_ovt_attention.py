@@ -92,3 +92,14 @@ def test_padding_is_cropped_and_rows_renormalised():
     np.testing.assert_allclose(attention_flow(noisy, length=5), attention_flow(attention), atol=2e-3)
     with pytest.raises(ValueError, match="out of range"):
         attention_flow(attention, rows=[7])
+
+
+def test_bfloat16_attention_is_read_as_float64():
+    import tensorflow as tf
+
+    attention = random_attention(np.random.default_rng(4), 2, 6, heads=2)
+    low = [tf.constant(layer, tf.bfloat16) for layer in attention]  # as the encoder returns it under mixed precision
+    prepared = prepare_attention(low)
+    assert prepared.dtype == np.float64
+    np.testing.assert_allclose(prepared.sum(-1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(attention_flow(low), attention_flow(attention), atol=2e-2)
