@@ -14,6 +14,7 @@ longest-match-first WordPiece with "##" continuation pieces.
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 import re
@@ -298,20 +299,22 @@ class BertTokenizer:
         else:
             words = self.basic_tokenizer._clean_and_space_cjk(text).split()
         cache = self.__dict__.setdefault("_word_pieces", {})
-        pieces = []
-        for word in words:
-            word_pieces = cache.get(word)
-            if word_pieces is None:
-                if word.isascii():  # no accents to strip; punctuation is every non-alphanumeric character
-                    basic_words = _ASCII_WORD_OR_PUNCTUATION.findall(word.lower() if self.lowercase else word)
-                else:
-                    basic_words = self.basic_tokenizer.tokenize(word)
-                word_pieces = [piece for basic_word in basic_words
-                               for piece in self.wordpiece_tokenizer.tokenize_word(basic_word)]
-                if len(cache) < _WORD_CACHE_SIZE:
-                    cache[word] = word_pieces
-            pieces.extend(word_pieces)
-        return pieces
+        word_pieces = list(map(cache.get, words))
+        if None in word_pieces:
+            for index, word in enumerate(words):
+                if word_pieces[index] is None:
+                    word_pieces[index] = self._tokenize_word(word)
+                    if len(cache) < _WORD_CACHE_SIZE:
+                        cache[word] = word_pieces[index]
+        return list(itertools.chain.from_iterable(word_pieces))
+
+    def _tokenize_word(self, word: str) -> list[str]:
+        """Wordpieces of one whitespace-free word of cleaned text."""
+        if word.isascii():  # no accents to strip; punctuation is every non-alphanumeric character
+            basic_words = _ASCII_WORD_OR_PUNCTUATION.findall(word.lower() if self.lowercase else word)
+        else:
+            basic_words = self.basic_tokenizer.tokenize(word)
+        return [piece for basic_word in basic_words for piece in self.wordpiece_tokenizer.tokenize_word(basic_word)]
 
     def convert_tokens_to_ids(self, tokens: Iterable[str]) -> list[int]:
         unk_id = self.vocab[self.unk_token]
