@@ -393,7 +393,7 @@ def _iter_blocks(documents, documents_per_block: int) -> Iterator[list[list[str]
     pending = None
     while True:
         block = list(itertools.islice(iterator, documents_per_block))
-        if pending is not None and len(block) < documents_per_block // 2:
+        if pending is not None and len(block) < max(2, documents_per_block // 2):
             yield pending + block  # a tiny tail would leave random-next segments few documents to come from
             return
         if pending is not None:

@@ -331,6 +331,18 @@ def test_shards_are_shuffled_as_a_whole_and_failures_leave_nothing(tmp_path):
     assert not [name for name in os.listdir(tmp_path) if "failed" in name]
 
 
+def test_blocks_of_documents_and_a_small_tail():
+    blocks = list(pretraining_data._iter_blocks([[str(index)] for index in range(11)], 4))
+    assert [len(block) for block in blocks] == [4, 4, 3]
+    blocks = list(pretraining_data._iter_blocks([[str(index)] for index in range(9)], 4))
+    assert [len(block) for block in blocks] == [4, 5]  # a one-document block could not draw random-next segments
+    assert list(pretraining_data._iter_blocks(iter([]), 4)) == []
+    documents = _corpus(seed=9, num_documents=5, sentences=(3, 5))
+    instances = pretraining_data.create_training_instances(documents, VOCAB, max_seq_length=32, dupe_factor=2,
+                                                           documents_per_block=2)
+    assert any(instance.is_random_next for instance in instances)
+
+
 def test_bad_input_is_named(tmp_path):
     with pytest.raises(ValueError, match="MASK"):
         pretraining_data.create_training_instances([["a b"]], ["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
