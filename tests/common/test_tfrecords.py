@@ -208,6 +208,21 @@ def test_sharding_by_input_context_is_a_disjoint_cover(tmp_path, num_files):
     assert shards[0] | shards[1] == everything
 
 
+@pytest.mark.parametrize("num_files", [1, 3])
+def test_training_pipelines_read_disjoint_records(tmp_path, num_files):
+    for index in range(num_files):
+        _write_numbered(tmp_path / f"part-{index}.tfrecord", 100 * index, 7)
+    spec = tfrecords.fixed_int_feature_spec({"id": 1})
+    shards = []
+    for pipeline_id in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id)
+        dataset = tfrecords.make_dataset(str(tmp_path / "part-*.tfrecord"), spec, batch_size=100, is_training=True,
+                                         repeat=False, drop_remainder=False, seed=pipeline_id, input_context=context)
+        shards.append([int(value) for batch in dataset.as_numpy_iterator() for value in batch["id"][:, 0]])
+    assert not set(shards[0]) & set(shards[1])
+    assert sorted(shards[0] + shards[1]) == [100 * index + offset for index in range(num_files) for offset in range(7)]
+
+
 def test_make_dataset_names_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing-here"):
         tfrecords.make_dataset(str(tmp_path / "nothing-here*.tfrecord"), {}, batch_size=1, is_training=False)
