@@ -15,7 +15,7 @@ import tensorflow as tf
 from common.distribute import get_strategy
 from common.optimization import create_optimizer, set_mixed_precision
 from common.training import (_continuing_dataset_fn, bert_pretraining_loss_fn, classification_loss_fn,
-                             evaluate, replica_loss, train)
+                             evaluate, replica_loss, split_loss_output, train)
 
 # The worker script of the multi-worker test also holds the tiny model and data every test here uses.
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multi_worker_worker.py")
@@ -235,6 +235,25 @@ def test_periodic_evaluation_keeps_history_and_the_best_weights_across_a_resume(
     assert [r["step"] for r in json.loads((model_dir / "eval_history.json").read_text())] == [2, 4, 5, 6, 7]
     assert resumed.best_step == 4
     assert json.loads((model_dir / "best" / "best.json").read_text())["step"] == 4
+
+    # Finished and evaluated at its last step: a further call neither trains nor evaluates.
+    calls.clear()
+    _, again = _train_tiny(get_strategy("default"), model_dir, 7, examples,
+                           make_eval_fn=_planted_eval(scores, calls, snapshots), best_metric="score")
+    assert again.losses == [] and calls == [] and len(again.eval_history) == 5 and again.best_step == 4
+
+
+def test_loss_output_forms_and_name_clashes():
+    pair = (tf.constant(3.0), tf.constant(2.0))
+    assert split_loss_output(pair) == ({"loss": pair}, {})
+    terms, metrics = split_loss_output({"a": pair, "b": pair, "metrics": {"acc": pair}})
+    assert list(terms) == ["a", "b"] and list(metrics) == ["acc"]
+    for bad in ({"a": pair, "metrics": {"a": pair}}, {"loss": pair, "b": pair},
+                {"metrics": {"acc": pair}}, {"a": (1.0, 2.0, 3.0)}):
+        with pytest.raises(ValueError):
+            split_loss_output(bad)
+    # Metrics never enter the loss.
+    assert float(replica_loss({"a": pair, "metrics": {"acc": (tf.constant(100.0), 1.0)}})) == 1.5
 
 
 def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp_path, caplog):
