@@ -392,7 +392,7 @@ class _Evaluations:
                 note = f" (new best {self.best_metric})"
             else:
                 self.evaluations_since_best += 1
-                if self.best is not None:
+                if self.best is not None and self.best_metric in self.best["metrics"]:
                     note = (f" (best {self.best_metric} {self.best['metrics'][self.best_metric]:.4f} "
                             f"at step {self.best['step']})")
         if self.chief:
