@@ -19,7 +19,7 @@ from common.checkpoints import (GOOGLE_CHECKPOINT_NAME, GOOGLE_CONFIG_FILE, load
 from common.cli import UserError
 from common.config import BertConfig
 from common.encoder import BertEncoder
-from common.tokenization import BertTokenizer
+from common.tokenization import BertTokenizer, VocabError
 
 
 class LoadedModel(NamedTuple):
@@ -100,7 +100,10 @@ def load_model(model_dir: str, tuned_model_dir: str | None = None, ckpt_name: st
         source = os.path.join(tuned_model_dir, ckpt_name) if ckpt_name else tuned_model_dir
         weights = load_weights(source, encoder)
     if vocab_folder is not None:
-        tokenizer = BertTokenizer.from_pretrained_dir(vocab_folder, lowercase=lowercase)
+        try:
+            tokenizer = BertTokenizer.from_pretrained_dir(vocab_folder, lowercase=lowercase)
+        except VocabError as error:
+            raise UserError(str(error)) from None
     if tokenizer.vocab_size > config.vocab_size:
         raise UserError(f"{model_dir}: the vocabulary has {tokenizer.vocab_size} tokens but the config says "
                         f"vocab_size={config.vocab_size}")

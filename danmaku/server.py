@@ -208,9 +208,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send_json(411, {"error": "a POST /encode needs a valid Content-Length header"})
             return
         if length > owner.max_request_bytes:
-            self.close_connection = True
-            self._send_json(413, {"error": f"request body of {length} bytes exceeds the limit of "
-                                           f"{owner.max_request_bytes} bytes"})
+            # Read the body away (up to a bound) so the client sees the answer, not a reset connection.
+            if length <= 16 * owner.max_request_bytes:
+                for _ in range(0, length, 1 << 20):
+                    self.rfile.read(min(1 << 20, length))
+                    length -= 1 << 20
+            else:
+                self.close_connection = True
+            owner.count("rejected")
+            self._send_json(413, {"error": f"request body of {int(self.headers['Content-Length'])} bytes "
+                                           f"exceeds the limit of {owner.max_request_bytes} bytes"})
             return
         body = self.rfile.read(length)
         try:
