@@ -98,6 +98,11 @@ def _text_font(strings):
     return cjk_font() if _needs_cjk(strings) else None
 
 
+def _set_title(ax, title: str, font) -> None:
+    # A FontProperties carries the body text size; a title keeps the usual title size.
+    ax.set_title(title, fontproperties=font, fontsize=matplotlib.rcParams["axes.titlesize"])
+
+
 # ---- figures and saving ----------------------------------------------------------------------
 
 def new_figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] | None = None):
@@ -254,9 +259,13 @@ def scatter_2d(points, labels: Sequence | None = None, texts: Sequence[str] | No
                        color=colormap(index % colormap.N), label=name)
         legend_font = font_manager.FontProperties(size=fontsize) if font is None else font.copy()
         legend_font.set_size(fontsize)
-        ax.legend(loc="best", markerscale=1.5, prop=legend_font, framealpha=0.8)
+        if len(classes) <= 10:
+            ax.legend(loc="best", markerscale=1.5, prop=legend_font, framealpha=0.8)
+        else:  # a long legend goes beside the axes instead of over the points
+            ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), markerscale=1.5, prop=legend_font,
+                      ncols=math.ceil(len(classes) / 30), frameon=False)
     if title:
-        ax.set_title(title, fontproperties=font)
+        _set_title(ax, title, font)
     ax.set_xticks([])
     ax.set_yticks([])
     if texts is not None:
@@ -294,9 +303,12 @@ def plot_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
-        ax.set_title(title, fontproperties=_text_font([title]))
+        _set_title(ax, title, _text_font([title]))
     if drawn:
-        ax.legend(loc="best", fontsize=8)
+        font = _text_font(list(history))
+        legend_font = font_manager.FontProperties(size=8) if font is None else font.copy()
+        legend_font.set_size(8)
+        ax.legend(loc="best", prop=legend_font)
     ax.grid(alpha=0.3)
     if path is not None:
         save_figure(figure, path)
