@@ -150,11 +150,15 @@ def _tokenize_block(documents: Sequence[Sequence[str]], vocab: _Vocabulary,
     return _Block(np.array(ids, dtype=np.int32), offsets, document_sentences)
 
 
-def _block_rng(settings: InstanceSettings, block_index: int, pass_index: int) -> np.random.SeedSequence:
+_SEGMENTING, _MASKING, _SHARDING = 0, 1, 2  # what a block's random numbers are for
+
+
+def _block_rng(settings: InstanceSettings, block_index: int, purpose: int,
+               pass_index: int = 0) -> np.random.SeedSequence:
     # Deviation from Google, to stream and to parallelise: every block of `documents_per_block` documents has its own
     # RNGs derived from (seed, block, dupe pass), random-next segments come from another document of the same block,
     # and instances are shuffled within their block, then within their output shard (Google shuffles globally).
-    return np.random.SeedSequence([settings.random_seed, block_index, pass_index])
+    return np.random.SeedSequence([settings.random_seed, block_index, purpose, pass_index])
 
 
 def _segment_pass(block: _Block, settings: InstanceSettings,
@@ -356,11 +360,11 @@ def _block_instances(documents: Sequence[Sequence[str]], block_index: int, setti
                                empty_predictions, empty_predictions.copy(), np.zeros(0, np.int64)), 0
     spans = []
     for pass_index in range(settings.dupe_factor):
-        seed = _block_rng(settings, block_index, pass_index).generate_state(4)
+        seed = _block_rng(settings, block_index, _SEGMENTING, pass_index).generate_state(4)
         spans.extend(_segment_pass(block, settings, random.Random(int.from_bytes(seed.tobytes(), "little"))))
     span_array = np.array([span[:4] for span in spans], dtype=np.int64).reshape(-1, 4)
     is_random_next = np.array([span[4] for span in spans], dtype=bool)
-    np_rng = np.random.default_rng(_block_rng(settings, block_index, settings.dupe_factor))
+    np_rng = np.random.default_rng(_block_rng(settings, block_index, _MASKING))
     ids, lengths, segment_ids = _assemble(block, span_array, settings, np_rng, vocab)
     positions, labels, counts = _mask(ids, lengths, settings, np_rng, vocab)
     instances = _InstanceArrays(ids, lengths, segment_ids, is_random_next, positions, labels, counts)
@@ -532,7 +536,7 @@ def _write_block_task(task) -> dict:
     framed = []
     if len(arrays):
         # Shards take the block's (shuffled) instances in turn from a seeded start: balanced and worker-independent.
-        shard_rng = np.random.default_rng(_block_rng(settings, block_index, settings.dupe_factor + 1))
+        shard_rng = np.random.default_rng(_block_rng(settings, block_index, _SHARDING))
         start = int(shard_rng.integers(num_shards))
         shard_of = (start + np.arange(len(arrays))) % num_shards
         by_shard = np.argsort(shard_of, kind="stable")  # each shard's records contiguous, in block order
