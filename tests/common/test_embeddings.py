@@ -257,3 +257,16 @@ def test_minilm_folder_gives_sentence_transformers_vectors(minilm_folder):
     np.testing.assert_allclose(vectors, expected, atol=1e-4)
     # The first values sentence-transformers prints for this model and sentence.
     np.testing.assert_allclose(vectors[0, :5], [0.0677, 0.0635, 0.0487, 0.0793, 0.0374], atol=1e-4)
+
+
+def test_encoder_runs_only_the_blocks_asked_for(tiny_encoder):
+    encoder, tokenizer = tiny_encoder
+    features = tokenizer.encode_batch(TEXTS[:2], max_seq_length=16)
+    full = encoder(features, training=False)
+    partial = encoder(features, training=False, num_layers=1)
+    assert len(partial["hidden_states"]) == 2 and "pooled_output" not in partial
+    for index in range(2):
+        np.testing.assert_array_equal(partial["hidden_states"][index].numpy(), full["hidden_states"][index].numpy())
+    assert "pooled_output" in encoder(features, training=False, num_layers=3)
+    with pytest.raises(ValueError, match="num_layers=4"):
+        encoder(features, training=False, num_layers=4)
