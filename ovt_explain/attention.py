@@ -82,37 +82,61 @@ def _max_flow(capacity, source, sink, residual, flow, dist, queue_layer, queue_i
     residual[:] = capacity
     flow[:] = 0.0
     total = 0.0
+    first_phase = True
     while True:
-        # Breadth-first search from the source over the residual graph: distance labels.
-        dist[:] = -1
-        dist[layers, source] = 0
-        queue_layer[0], queue_index[0] = layers, source
-        head, tail, sink_dist = 0, 1, -1
-        while head < tail:
-            layer, index = queue_layer[head], queue_index[head]
-            head += 1
-            d = dist[layer, index]
-            if sink_dist >= 0 and d + 1 >= sink_dist:
+        # Exact early exit: every edge out of the source or into the sink saturated is a minimum cut,
+        # which saves the final search that would only prove it.
+        source_open = False
+        for j in range(n):
+            if residual[layers - 1, source, j] > 0.0:
+                source_open = True
                 break
-            if layer == 1:
-                if residual[0, index, sink] > 0.0 and dist[0, sink] < 0:
-                    dist[0, sink] = d + 1
-                    sink_dist = d + 1
-            else:
-                for j in range(n):
-                    if dist[layer - 1, j] < 0 and residual[layer - 1, index, j] > 0.0:
-                        dist[layer - 1, j] = d + 1
-                        queue_layer[tail], queue_index[tail] = layer - 1, j
-                        tail += 1
-            if layer + 1 < layers:
-                # Backward (residual) edges: flow already sent along (layer+1, k) -> (layer, index).
-                for k in range(n):
-                    if dist[layer + 1, k] < 0 and flow[layer, k, index] > 0.0:
-                        dist[layer + 1, k] = d + 1
-                        queue_layer[tail], queue_index[tail] = layer + 1, k
-                        tail += 1
+        sink_open = False
+        for k in range(n):
+            if residual[0, k, sink] > 0.0:
+                sink_open = True
+                break
+        if not (source_open and sink_open):
+            break
+        if first_phase:
+            # Nothing flows yet, so the level graph is the layered graph itself: no search needed.
+            dist[:] = -1
+            dist[layers, source] = 0
+            for layer in range(1, layers):
+                dist[layer, :] = layers - layer
+            dist[0, sink] = layers
+            sink_dist = layers
+        else:
+            # Breadth-first search from the source over the residual graph: distance labels.
+            dist[:] = -1
+            dist[layers, source] = 0
+            queue_layer[0], queue_index[0] = layers, source
+            head, tail, sink_dist = 0, 1, -1
+            while head < tail:
+                layer, index = queue_layer[head], queue_index[head]
+                head += 1
+                d = dist[layer, index]
+                if sink_dist >= 0 and d + 1 >= sink_dist:
+                    break
+                if layer == 1:
+                    if residual[0, index, sink] > 0.0 and dist[0, sink] < 0:
+                        dist[0, sink] = d + 1
+                        sink_dist = d + 1
+                else:
+                    for j in range(n):
+                        if dist[layer - 1, j] < 0 and residual[layer - 1, index, j] > 0.0:
+                            dist[layer - 1, j] = d + 1
+                            queue_layer[tail], queue_index[tail] = layer - 1, j
+                            tail += 1
+                if layer + 1 < layers:
+                    # Backward (residual) edges: flow already sent along (layer+1, k) -> (layer, index).
+                    for k in range(n):
+                        if dist[layer + 1, k] < 0 and flow[layer, k, index] > 0.0:
+                            dist[layer + 1, k] = d + 1
+                            queue_layer[tail], queue_index[tail] = layer + 1, k
+                            tail += 1
         if sink_dist < 0:
-            return total
+            break
 
         # Blocking flow by depth-first search with current-arc pointers. Arcs 0..n-1 go down to
         # (layer-1, j), arcs n..2n-1 go back up to (layer+1, k).
@@ -161,7 +185,8 @@ def _max_flow(capacity, source, sink, residual, flow, dist, queue_layer, queue_i
                         next_layer, next_index = layer - 1, j
                         break
                 else:
-                    if layer + 1 >= layers:
+                    # Backward edges cannot lead one level further in the first phase.
+                    if layer + 1 >= layers or first_phase:
                         arc = 2 * n
                         break
                     k = arc - n
@@ -181,6 +206,8 @@ def _max_flow(capacity, source, sink, residual, flow, dist, queue_layer, queue_i
                     break
                 depth -= 1
                 pointer[path_layer[depth], path_index[depth]] += 1
+        first_phase = False
+    return total
 
 
 @numba.njit(cache=True, parallel=True)
