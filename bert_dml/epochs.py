@@ -128,8 +128,9 @@ def run_epochs(strategy: tf.distribute.Strategy, model: keras.Model, optimizer, 
         value = entry[settings.best_metric]
         if best_value is None or better(value, best_value):
             best_value, since_best = value, 0
-            path = best_manager.save(checkpoint_number=epoch)
-            print_fn(f"saving best model ({settings.best_metric}={value:.6f}) at epoch {epoch}: {path}")
+            if chief:
+                path = best_manager.save(checkpoint_number=epoch)
+                print_fn(f"saving best model ({settings.best_metric}={value:.6f}) at epoch {epoch}: {path}")
         else:
             since_best += 1
         if chief:

@@ -30,7 +30,8 @@ from bert_dml.flags import common_kwargs, define_training_flags  # noqa: E402
 define_training_flags(default_out="results_dml", default_epochs=100)
 flags.DEFINE_enum("mining", "random", ["random", "semi_hard"],
                   "random: the original's sampled negatives; semi_hard: the batch's semi-hard negative.")
-flags.DEFINE_integer("triplets_per_epoch", 1000, "Triplets drawn per epoch from each of --train and --eval.")
+flags.DEFINE_integer("triplets_per_epoch", 1000, "Triplets drawn per epoch from --train (and from --eval).")
+flags.DEFINE_integer("eval_triplets_per_epoch", None, "Triplets drawn per epoch from --eval (default: as many).")
 flags.DEFINE_float("margin", 0.2, "Triplet loss margin (squared Euclidean distances).")
 flags.DEFINE_boolean("eval_knn", True, "Also report kNN-10 accuracy (cosine) of the --eval features each epoch.")
 flags.mark_flags_as_required(["train", "eval"])
@@ -43,7 +44,8 @@ def main(argv):
     from bert_dml.training import train_dml
 
     train_dml(FLAGS.train, FLAGS.eval, FLAGS.out, mining=FLAGS.mining,
-              triplets_per_epoch=FLAGS.triplets_per_epoch, margin=FLAGS.margin, eval_knn=FLAGS.eval_knn,
+              triplets_per_epoch=FLAGS.triplets_per_epoch,
+              eval_triplets_per_epoch=FLAGS.eval_triplets_per_epoch, margin=FLAGS.margin, eval_knn=FLAGS.eval_knn,
               strategy=strategy_from_flags(FLAGS), **common_kwargs(FLAGS))
 
 

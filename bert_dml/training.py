@@ -99,12 +99,16 @@ def train_dml(train_path: str, eval_path: str, out: str, *, batchsize: int = 64,
               init_checkpoint: str | None = None, bert_config_file: str | None = None,
               vocab_file: str | None = None, mining: str = "random", encoding: str = "utf-8",
               max_seq_length: int = 128, random_seed: int = 123,
-              triplets_per_epoch: int = TRIPLETS_PER_EPOCH, margin: float = MARGIN,
-              vocab_size: int = 8000, lowercase: bool = True, eval_knn: bool = True,
+              triplets_per_epoch: int = TRIPLETS_PER_EPOCH, eval_triplets_per_epoch: int | None = None,
+              margin: float = MARGIN, vocab_size: int = 8000, lowercase: bool = True, eval_knn: bool = True,
               noplot: bool = False, resume: str | None = None, start_epoch: int = 1,
               strategy: tf.distribute.Strategy | None = None, progress: bool = True,
               print_fn: Callable[[str], None] = print) -> list[dict]:
-    """Trains BERT-DML on `train_path`, evaluating on `eval_path` each epoch; returns the epoch log."""
+    """Trains BERT-DML on `train_path`, evaluating on `eval_path` each epoch; returns the epoch log.
+
+    Each epoch draws `triplets_per_epoch` triplets from the training file and
+    `eval_triplets_per_epoch` (default: the same number, as the original) from the eval file.
+    """
     strategy = strategy or get_strategy("default")
     keras.utils.set_random_seed(random_seed)  # the new weights (projection, from-scratch encoder)
     train, evaluation, labels = _read_data(train_path, eval_path, encoding)
@@ -136,7 +140,8 @@ def train_dml(train_path: str, eval_path: str, out: str, *, batchsize: int = 64,
     features_of = feature_function(lambda features: model(features, training=False))
 
     def evaluate_epoch(epoch):
-        triplets = sample_triplets(eval_ids, triplets_per_epoch, epoch_seed(random_seed, epoch, "eval"))
+        triplets = sample_triplets(eval_ids, eval_triplets_per_epoch or triplets_per_epoch,
+                                   epoch_seed(random_seed, epoch, "eval"))
         batches = list(triplet_batches(eval_features, eval_ids, triplets, batchsize))
         dataset = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=triplet_signature())
         metrics = {"D/loss": evaluate(strategy, model, dataset, eval_loss_fn)["loss"]}

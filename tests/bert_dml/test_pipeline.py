@@ -155,3 +155,20 @@ def test_classifier_baseline_and_classified_features(trained):
     labels, features = extract_features("classified", trained["eval"], model=os.path.join(out, "best"),
                                         batchsize=16)
     assert features.shape == (60, TINY_CONFIG["hidden_size"]) and len(labels) == 60
+
+
+def test_command_line_errors_are_one_line_naming_file_and_line(tmp_path, trained):
+    bad_features = tmp_path / "features.txt"
+    bad_features.write_text("a\t0.1\t0.2\nb\t0.3\tx\n", encoding="utf-8")
+    result = run_script("cluster.py", str(bad_features))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == f"error: {bad_features}:2: 'x' is not a number"
+
+    cp1252 = tmp_path / "train.txt"
+    cp1252.write_bytes("0\tfine\n1\tit's a caf\u00e9\n".encode("cp1252"))
+    result = run_script("train_dml.py", f"--train={cp1252}", f"--eval={trained['eval']}",
+                        f"--bert_config_file={trained['config']}", f"--out={tmp_path / 'out'}")
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {cp1252}:2: not valid utf-8") and "--encoding" in last
+    assert not (tmp_path / "out").exists()  # nothing half-written
