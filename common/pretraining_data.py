@@ -557,9 +557,15 @@ def _write_block_task(task) -> dict:
             "random_next": int(arrays.is_random_next.sum()), "tokens": int(arrays.lengths.sum())}
 
 
+# common.cli's stderr filter thread only calls os.read/os.write (no locks a forked child could inherit held).
+_FORK_SAFE_THREADS = ("bertsuite-stderr-filter",)
+
+
 def _fork_is_safe() -> bool:
     """Forking copies only the calling thread: only do it with TensorFlow unloaded and no other threads running."""
-    return sys.platform.startswith("linux") and "tensorflow" not in sys.modules and threading.active_count() == 1
+    others = [thread for thread in threading.enumerate()
+              if thread is not threading.main_thread() and thread.name not in _FORK_SAFE_THREADS]
+    return sys.platform.startswith("linux") and "tensorflow" not in sys.modules and not others
 
 
 @contextlib.contextmanager
