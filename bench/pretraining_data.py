@@ -98,7 +98,8 @@ def _timed(function, workers: int, repeats: int) -> dict:
         walls.append(time.perf_counter() - wall)
         cpus.append(_cpu_seconds() - cpu)
     instances, best_wall, best_cpu = stats["instances"], min(walls), min(cpus)
-    return {**stats, "wall_seconds_best": round(best_wall, 2), "wall_seconds_median": round(statistics.median(walls), 2),
+    return {**stats, "wall_seconds_best": round(best_wall, 2),
+            "wall_seconds_median": round(statistics.median(walls), 2),
             "cpu_seconds_best": round(best_cpu, 2), "instances_per_s": round(instances / best_wall, 1),
             "instances_per_s_idle_estimate": round(instances / max(best_cpu / workers, best_wall / 50), 1)}
 

@@ -256,17 +256,20 @@ def _assemble(block: _Block, spans: np.ndarray, settings: InstanceSettings, np_r
 
     pairs = settings.next_sentence
     lengths = length_a + 2 + (length_b + 1 if pairs else 0)
-    column = np.arange(settings.max_seq_length)[None, :]
-    la, lb = length_a[:, None], length_b[:, None]
-    in_a = (column >= 1) & (column <= la)
-    in_b = (column >= la + 2) & (column < la + 2 + lb) if pairs else np.zeros_like(in_a)
-    source = np.where(in_a, a_start[:, None] + column - 1, b_start[:, None] + column - la - 2)
-    source = np.clip(source, 0, max(len(block.ids) - 1, 0))
-    ids = np.where(in_a | in_b, block.ids[source] if len(block.ids) else 0, 0).astype(np.int32)
+    rows = np.arange(len(lengths))
+    column = np.arange(settings.max_seq_length, dtype=np.int32)[None, :]
+    la, end = length_a.astype(np.int32)[:, None], lengths.astype(np.int32)[:, None]
+    # Token k of A sits at column k + 1, token k of B at column len(A) + 2 + k; other columns read a 0 after the ids.
+    in_b = column > la
+    source = column + np.where(in_b, (b_start - length_a - 2).astype(np.int32)[:, None],
+                               (a_start - 1).astype(np.int32)[:, None])
+    source[(column == 0) | (column == la + 1) | (column >= end - (1 if pairs else 0))] = len(block.ids)
+    ids = np.append(block.ids, np.int32(0))[source]
     ids[:, 0] = vocab.cls_id
-    is_sep = (column == la + 1) | ((column == la + lb + 2) if pairs else False)
-    ids[is_sep] = vocab.sep_id
-    segment_ids = ((column >= la + 2) & (column < lengths[:, None])).astype(np.int8)
+    ids[rows, length_a + 1] = vocab.sep_id
+    if pairs:
+        ids[rows, lengths - 1] = vocab.sep_id
+    segment_ids = ((column > la + 1) & (column < end)).astype(np.int8)
     return ids, lengths, segment_ids
 
 
