@@ -1,9 +1,20 @@
-"""Benchmark: BERT4Rec training throughput (float32 vs bfloat16) and evaluation time per protocol.
+"""Benchmark: BERT4Rec training throughput, before/after packing the output layer, and evaluation time.
 
-Prints one JSON line. Shape of the measured job (the issue's): batch 256, length 200, vocab 3,420,
-hidden 64 (the ml-1m 64 config), 40 masked positions; evaluation of 6,040 users (ml-1m's count).
+Prints one JSON line. Each shape is timed with today's loss ("all_slots": the output layer over every
+prediction slot, padding included) and ours ("packed": only slots with weight > 0, packed across the
+batch; trailing padding columns skipped), alternating in one process so that both see the same machine
+load. Full training steps (AdamW, clip 5.0) through `common.training.train`, batch 256, float32.
 
-    python bench/bert4rec_train.py [--steps 60] [--users 6040]
+  ml-1m   length 200, 40 predictions, vocab 3,420 (bert_config_ml-1m_64): every window full, every slot
+          filled (the worst case for packing: what is left is the encoder's own cost).
+  beauty  length 50, 30 predictions, vocab 54,546 (bert_config_beauty_64) with real-looking fill: window
+          lengths drawn like Beauty's (heavy-tailed, about 8.8 items), masked counts as gen_data_fin draws
+          them (masked_lm_prob 0.6, 10 random passes + 1 last-item pass): about 5 of 30 slots filled.
+
+`--recbole_python=/path/to/python` also times RecBole's BERT4Rec (a Python with recbole and torch) on the
+same shapes and prints its figure beside ours.
+
+    python bench/bert4rec_train.py [--shapes ml-1m,beauty] [--steps 30] [--rounds 2] [--users 6040]
 """
 
 from __future__ import annotations
@@ -11,8 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,66 +36,179 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bert4rec.evaluation import CandidateSampler, RankingEvaluator  # noqa: E402
-from bert4rec.model import Bert4Rec, bert4rec_loss  # noqa: E402
+from bert4rec.masking import num_to_predict  # noqa: E402
+from bert4rec.model import Bert4Rec, bert4rec_loss, bert4rec_loss_all_slots  # noqa: E402
 from common.config import BertConfig  # noqa: E402
 from common.distribute import get_strategy  # noqa: E402
 from common.optimization import create_optimizer, set_mixed_precision  # noqa: E402
 from common.training import train  # noqa: E402
 
-CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "bert4rec", "bert_train", "bert_config_ml-1m_64.json")
-BATCH, LENGTH, PREDICTIONS = 256, 200, 40
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bert4rec", "bert_train")
+BATCH = 256
+SHAPES = {  # config, max_seq_length, max_predictions, masked_lm_prob (None: every slot filled)
+    "ml-1m": ("bert_config_ml-1m_64.json", 200, 40, None),
+    "beauty": ("bert_config_beauty_64.json", 50, 30, 0.6),
+}
+LOSSES = {"all_slots": bert4rec_loss_all_slots, "packed": bert4rec_loss}
+STEPS_PER_CALL = 5
+DISTINCT_BATCHES = 8  # batches cycled through, so that per-batch fill and length vary as in real data
 
 
-def synthetic_batch(rng: np.random.Generator, batch: int, vocab_size: int) -> dict:
+def beauty_like_lengths(rng: np.random.Generator, size: int, max_seq_length: int) -> np.ndarray:
+    """Training-side window lengths like Beauty's: users keep >= 5 items (>= 4 before the held-out one),
+    mean about 8.8, a long tail cut by the window."""
+    return np.minimum(4 + np.floor(rng.lognormal(mean=1.2, sigma=1.0, size=size)).astype(np.int64), max_seq_length)
+
+
+def synthetic_batch(rng: np.random.Generator, batch: int, vocab_size: int, length: int, predictions: int,
+                    masked_lm_prob: float | None) -> dict:
+    """Right-padded instances laid out like gen_data_fin's (1 pass in 11 masks only the last item)."""
     num_items = vocab_size - 4
-    input_ids = rng.integers(1, num_items + 1, size=(batch, LENGTH), dtype=np.int32)
-    positions = np.sort(rng.permuted(np.tile(np.arange(LENGTH), (batch, 1)), axis=1)[:, :PREDICTIONS], axis=1)
-    masked_ids = np.take_along_axis(input_ids, positions, axis=1)
-    np.put_along_axis(input_ids, positions, num_items + 1, axis=1)
+    if masked_lm_prob is None:
+        lengths = np.full(batch, length)
+        counts = np.full(batch, predictions)
+    else:
+        lengths = beauty_like_lengths(rng, batch, length)
+        counts = num_to_predict(lengths, masked_lm_prob, predictions)
+        counts[rng.random(batch) < 1 / 11] = 1
+    columns = np.arange(length)
+    real = columns < lengths[:, None]
+    input_ids = np.where(real, rng.integers(1, num_items + 1, size=(batch, length)), 0).astype(np.int32)
+    keys = np.where(real, rng.random((batch, length)), 2.0)
+    positions = np.sort(np.argsort(keys, axis=1)[:, :predictions], axis=1)
+    filled = np.arange(predictions) < counts[:, None]
+    positions = np.where(filled, positions, 0)
+    masked_ids = np.where(filled, np.take_along_axis(input_ids, positions, axis=1), 0)
+    rows = np.nonzero(filled)[0]
+    input_ids[rows, positions[filled]] = num_items + 1
     return {"info": np.arange(batch, dtype=np.int32)[:, None], "input_ids": input_ids,
-            "input_mask": np.ones((batch, LENGTH), np.int32), "masked_lm_positions": positions.astype(np.int32),
-            "masked_lm_ids": masked_ids.astype(np.int32),
-            "masked_lm_weights": np.ones((batch, PREDICTIONS), np.float32)}
+            "input_mask": real.astype(np.int32), "masked_lm_positions": positions.astype(np.int32),
+            "masked_lm_ids": masked_ids.astype(np.int32), "masked_lm_weights": filled.astype(np.float32)}
 
 
-def training_rate(precision: str, steps: int, config: BertConfig) -> float:
-    set_mixed_precision(precision)
-    strategy = get_strategy("default")
-    batch = synthetic_batch(np.random.default_rng(0), BATCH, config.vocab_size)
+def make_batches(shape: str, config: BertConfig) -> list[dict]:
+    _, length, predictions, masked_lm_prob = SHAPES[shape]
+    rng = np.random.default_rng(0)
+    return [synthetic_batch(rng, BATCH, config.vocab_size, length, predictions, masked_lm_prob)
+            for _ in range(DISTINCT_BATCHES)]
 
-    def dataset_fn(input_context):
-        return tf.data.Dataset.from_tensors(batch).repeat()
 
-    with strategy.scope():
-        model = Bert4Rec(config)
-        optimizer = create_optimizer(1e-4, 10 * steps, 10, clip_norm=5.0)
-    with tempfile.TemporaryDirectory() as model_dir:
-        # A warm-up call compiles the step; the measured call reuses it.
-        train(strategy, model, optimizer, dataset_fn, bert4rec_loss, 10, model_dir,
-              save_checkpoints_steps=0, steps_per_execution=10, summary=False, progress=False)
+class Trainer:
+    """One model + optimizer per (shape, loss); `rate(steps)` times `steps` more training steps."""
+
+    def __init__(self, config: BertConfig, batches: list[dict], loss_name: str, model_dir: str):
+        self.strategy = get_strategy("default")
+        stacked = {name: np.stack([batch[name] for batch in batches]) for name in batches[0]}
+        self.dataset_fn = lambda _: tf.data.Dataset.from_tensor_slices(stacked).repeat()
+        with self.strategy.scope():
+            self.model = Bert4Rec(config)
+            self.optimizer = create_optimizer(1e-4, 1_000_000, 10, weight_decay=0.01, clip_norm=5.0)
+        self.loss_fn, self.model_dir, self.step = LOSSES[loss_name], model_dir, 0
+
+    def rate(self, steps: int) -> float:
+        """Sequences per second over `steps` more steps (train() leaves its first, tracing call out of the rate)."""
+        self.step += steps
+        result = train(self.strategy, self.model, self.optimizer, self.dataset_fn, self.loss_fn, self.step,
+                       self.model_dir, save_checkpoints_steps=0, steps_per_execution=STEPS_PER_CALL, summary=False,
+                       progress=False, max_checkpoints_to_keep=1)
+        return result.steps_per_second * BATCH
+
+
+def training_rates(shape: str, steps: int, rounds: int) -> dict:
+    config = BertConfig.from_json_file(os.path.join(CONFIG_DIR, SHAPES[shape][0]))
+    batches = make_batches(shape, config)
+    rates = {name: [] for name in LOSSES}
+    with tempfile.TemporaryDirectory() as work:
+        trainers = {name: Trainer(config, batches, name, os.path.join(work, name)) for name in LOSSES}
+        for _ in range(rounds):  # alternate, so both losses see the same load
+            for name, trainer in trainers.items():
+                rates[name].append(trainer.rate(steps))
+    fill = float(np.mean([batch["masked_lm_weights"].mean() for batch in batches]))
+    best = {name: round(max(values), 1) for name, values in rates.items()}
+    return {"sequences_per_sec": best, "all_rounds": {k: [round(v, 1) for v in values] for k, values in rates.items()},
+            "speedup": round(best["packed"] / best["all_slots"], 2),
+            "filled_slots_per_instance": round(fill * SHAPES[shape][2], 2),
+            "mean_length": round(float(np.mean([batch["input_mask"].sum(1).mean() for batch in batches])), 1),
+            "vocab_size": config.vocab_size, "max_seq_length": SHAPES[shape][1],
+            "max_predictions": SHAPES[shape][2]}
+
+
+# RecBole's BERT4Rec on the same synthetic shapes: its own model, loss and Adam step, on CPU, batch 256.
+RECBOLE_SCRIPT = textwrap.dedent('''
+    import json, sys, time, types
+    import numpy as np, torch
+    from recbole.model.sequential_recommender.bert4rec import BERT4Rec
+    spec = json.loads(sys.argv[1])
+    torch.set_num_threads(int(spec["threads"]))
+    results = {}
+    for shape, (num_items, length, predictions, batches) in spec["shapes"].items():
+        config = {"USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "LIST_SUFFIX": "_list",
+                  "ITEM_LIST_LENGTH_FIELD": "item_length", "POSITION_FIELD": "position_id",
+                  "NEG_PREFIX": "neg_", "MAX_ITEM_LIST_LENGTH": length, "device": torch.device("cpu"),
+                  "n_layers": 2, "n_heads": 2, "hidden_size": 64, "inner_size": 256,
+                  "hidden_dropout_prob": 0.2, "attn_dropout_prob": 0.2, "hidden_act": "gelu",
+                  "layer_norm_eps": 1e-12, "initializer_range": 0.02, "mask_ratio": 0.2,
+                  "loss_type": "CE", "ft_ratio": 0.0, "transform": None}
+        dataset = types.SimpleNamespace(num=lambda field: num_items + 1, field2id_token={}, fields=lambda *a, **k: [])
+        class Config(dict):
+            def __getitem__(self, key):
+                return dict.get(self, key)
+        model = BERT4Rec(Config(config), dataset)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        interactions = []
+        for batch in batches:
+            ids = torch.tensor(batch["input_ids"], dtype=torch.long)
+            interactions.append({"item_id_list": torch.tensor(batch["items"], dtype=torch.long),
+                                 "item_length": torch.tensor(batch["lengths"], dtype=torch.long),
+                                 "item_id": torch.tensor(batch["next"], dtype=torch.long)})
+        def step(interaction):
+            optimizer.zero_grad()
+            loss = model.calculate_loss(interaction)
+            loss.backward()
+            optimizer.step()
+        for interaction in interactions[:2]:
+            step(interaction)
         start = time.perf_counter()
-        train(strategy, model, optimizer, dataset_fn, bert4rec_loss, 10 + steps, model_dir,
-              save_checkpoints_steps=0, steps_per_execution=10, summary=False, progress=False)
-        seconds = time.perf_counter() - start
-    set_mixed_precision("none")
-    return steps * BATCH / seconds
+        for index in range(spec["steps"]):
+            step(interactions[index % len(interactions)])
+        results[shape] = spec["steps"] * len(batches[0]["lengths"]) / (time.perf_counter() - start)
+    print(json.dumps(results))
+''')
 
 
-def evaluation_seconds(users: int, config: BertConfig) -> dict:
+def recbole_rates(python: str, shapes: list[str], steps: int) -> dict:
+    """RecBole's training rate (sequences/s) per shape, from `python` (an environment with recbole)."""
+    spec = {"steps": steps, "threads": os.cpu_count(), "shapes": {}}
+    for shape in shapes:
+        config = BertConfig.from_json_file(os.path.join(CONFIG_DIR, SHAPES[shape][0]))
+        batches = []
+        for batch in make_batches(shape, config)[:2]:
+            lengths = batch["input_mask"].sum(1)
+            items = np.where(batch["input_mask"] == 1, np.abs(batch["input_ids"]) % (config.vocab_size - 4) + 1, 0)
+            batches.append({"input_ids": batch["input_ids"].tolist(), "items": items.tolist(),
+                            "lengths": lengths.tolist(), "next": items[:, 0].tolist()})
+        spec["shapes"][shape] = [config.vocab_size - 4, SHAPES[shape][1], SHAPES[shape][2], batches]
+    result = subprocess.run([python, "-c", RECBOLE_SCRIPT, json.dumps(spec)], capture_output=True, text=True)
+    if result.returncode != 0:
+        return {"error": " ".join(result.stderr.strip().splitlines()[-2:])}
+    return {shape: round(rate, 1) for shape, rate in json.loads(result.stdout.strip().splitlines()[-1]).items()}
+
+
+def evaluation_seconds(users: int) -> dict:
+    config = BertConfig.from_json_file(os.path.join(CONFIG_DIR, SHAPES["ml-1m"][0]))
     model = Bert4Rec(config)
     rng = np.random.default_rng(1)
     counts = np.concatenate([[0], rng.zipf(1.3, size=config.vocab_size - 4).clip(1, 10_000), [0, 0, 0]])
     histories = {user: rng.integers(1, config.vocab_size - 3, size=160).tolist() for user in range(users)}
-    logits_fn = tf.function(model.next_item_logits)
+    logits_fn = tf.function(model.next_item_logits, reduce_retracing=True)
     timings = {}
     for protocol in ("pop100", "uni100", "full"):
         evaluator = RankingEvaluator(CandidateSampler(counts, seed=12345, num_items=config.vocab_size - 4),
                                      [protocol], histories)
         start = time.perf_counter()
         for begin in range(0, users, BATCH):
-            batch = synthetic_batch(rng, min(BATCH, users - begin), config.vocab_size)
-            batch["masked_lm_positions"][:, 0] = LENGTH - 1
+            batch = synthetic_batch(rng, min(BATCH, users - begin), config.vocab_size, 200, 40, None)
+            batch["masked_lm_positions"][:, 0] = 199
             user_indices = np.arange(begin, begin + len(batch["input_ids"]))
             evaluator.update(user_indices, batch["masked_lm_ids"][:, 0], logits_fn(batch).numpy())
         timings[protocol] = round(time.perf_counter() - start, 2)
@@ -91,23 +217,33 @@ def evaluation_seconds(users: int, config: BertConfig) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--users", type=int, default=6040)
+    parser.add_argument("--shapes", default="ml-1m,beauty")
+    parser.add_argument("--steps", type=int, default=30,
+                        help=f"training steps per round (the first {STEPS_PER_CALL} trace and are not timed)")
+    parser.add_argument("--rounds", type=int, default=2, help="timed rounds per loss (best one reported)")
+    parser.add_argument("--users", type=int, default=6040, help="users evaluated (0: skip evaluation)")
+    parser.add_argument("--recbole_python", default=None, help="a Python with recbole + torch: time it too")
     args = parser.parse_args()
+    shapes = [shape for shape in args.shapes.split(",") if shape]
+    unknown = sorted(set(shapes) - set(SHAPES))
+    if unknown:
+        parser.error(f"unknown shapes {unknown}; choose from {sorted(SHAPES)}")
     keras.utils.set_random_seed(0)
-    config = BertConfig.from_json_file(CONFIG_FILE)
-    float32_rate = training_rate("none", args.steps, config)
-    bfloat16_rate = training_rate("bfloat16", args.steps, config)
-    print(json.dumps({
-        "bench": "bert4rec_train",
-        "shape": {"batch": BATCH, "max_seq_length": LENGTH, "max_predictions": PREDICTIONS,
-                  "vocab_size": config.vocab_size, "hidden_size": config.hidden_size},
-        "train_sequences_per_sec": {"float32": round(float32_rate, 1), "bfloat16": round(bfloat16_rate, 1)},
-        "bfloat16_speedup": round(bfloat16_rate / float32_rate, 2),
-        "eval_users": args.users,
-        "eval_seconds": evaluation_seconds(args.users, config),
-        "cpu_count": os.cpu_count(),
-    }))
+    set_mixed_precision("none")
+    report = {"bench": "bert4rec_train", "batch": BATCH, "precision": "float32", "cpu_count": os.cpu_count(),
+              "load_average_1min": round(os.getloadavg()[0], 2),
+              "shapes": {shape: training_rates(shape, args.steps, args.rounds) for shape in shapes}}
+    if args.recbole_python:
+        recbole = recbole_rates(args.recbole_python, shapes, args.steps)
+        report["recbole_sequences_per_sec"] = recbole
+        for shape in shapes:
+            if isinstance(recbole.get(shape), float):
+                report["shapes"][shape]["packed_vs_recbole"] = round(
+                    report["shapes"][shape]["sequences_per_sec"]["packed"] / recbole[shape], 2)
+    if args.users:
+        report["eval_users"] = args.users
+        report["eval_seconds"] = evaluation_seconds(args.users)
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import functools
 
 import keras
 import keras_hub
+import tensorflow as tf
 from keras import ops
 
 from common.config import BertConfig
@@ -129,8 +130,17 @@ class Bert4Rec(keras.Model):
         # Every sub-layer is built above, so weights exist before the first call (checkpoints, counts).
         self.built = True
 
-    def _encode(self, features, training=None):
-        inputs = {"input_ids": features["input_ids"], "input_mask": features.get("input_mask")}
+    def _encode(self, features, training=None, trim_padding=False):
+        input_ids, input_mask = features["input_ids"], features.get("input_mask")
+        if trim_padding and input_mask is not None:
+            # Histories are right-padded and padded keys are masked out of attention, so dropping the
+            # columns after the batch's longest history changes no real position's output.
+            input_ids, input_mask = ops.convert_to_tensor(input_ids), ops.convert_to_tensor(input_mask)
+            # Longest history, and never short of a prediction slot (even one pointing into padding).
+            length = ops.maximum(ops.max(ops.sum(ops.cast(input_mask, "int32"), axis=1)),
+                                 ops.max(ops.cast(features["masked_lm_positions"], "int32")) + 1)
+            input_ids, input_mask = input_ids[:, :length], input_mask[:, :length]
+        inputs = {"input_ids": input_ids, "input_mask": input_mask}
         return self.encoder(inputs, training=training)["sequence_output"]
 
     def call(self, features, training=None):
@@ -139,23 +149,54 @@ class Bert4Rec(keras.Model):
         # Losses and rankings want float32 even under a mixed-precision policy.
         return ops.cast(logits, "float32")
 
+    def item_logits(self, masked_states):
+        """float32 logits `[n, vocab_size]` for encoder outputs `[n, hidden]` at masked positions.
+
+        The masked-LM head after its gather (dense + GELU, LayerNorm, tied output layer, output bias),
+        so callers can run it on just the positions that count.
+        """
+        head = self.masked_lm
+        hidden = head._intermediate_layer_norm(head._intermediate_dense(ops.cast(masked_states, "float32")))
+        # transpose_b: no per-step copy of the transposed item table (keras-hub transposes it).
+        logits = tf.linalg.matmul(hidden, ops.cast(self.encoder.token_embedding.embeddings, "float32"),
+                                  transpose_b=True)
+        return logits + head._bias
+
     def next_item_logits(self, features):
         """Full-vocabulary float32 logits `[batch, vocab_size]` at each test instance's single masked
         position, `masked_lm_positions[:, 0]` (inference mode)."""
-        sequence_output = self._encode(features, training=False)
+        sequence_output = self._encode(features, training=False, trim_padding=True)
         first_position = features["masked_lm_positions"][:, :1]
-        logits = self.masked_lm(sequence_output, mask_positions=first_position)
-        return ops.cast(logits[:, 0, :], "float32")
+        masked_states = ops.take_along_axis(sequence_output, first_position[:, :, None], axis=1)[:, 0, :]
+        return self.item_logits(masked_states)
+
+
+def bert4rec_loss_all_slots(model: Bert4Rec, features, training=None):
+    """The loss computed over every prediction slot, padding included (weight 0): the reference that
+    `bert4rec_loss` must equal, kept for tests and the benchmark's "before" figure."""
+    logits = model(features, training=training)
+    weights = ops.cast(features["masked_lm_weights"], "float32")
+    per_position = keras.losses.sparse_categorical_crossentropy(
+        features["masked_lm_ids"], logits, from_logits=True)
+    return ops.sum(per_position * weights), ops.sum(weights)
 
 
 def bert4rec_loss(model: Bert4Rec, features, training=None):
     """`(loss_sum, normalizer)`: weighted sum of per-position cross-entropy, and the sum of weights.
 
     The training loop divides by the all-reduced normalizer, so the loss is the mean over real
-    masked positions of the global batch (the original's `numerator / denominator`).
+    masked positions of the global batch (the original's `numerator / denominator`). Only slots with
+    weight > 0 reach the output layer, packed across the batch: the loss and gradients are those of
+    the all-slots computation (`bert4rec_loss_all_slots`), whose padding slots weigh 0, without the
+    vocabulary-wide softmax over them. The encoder skips the batch's trailing padding columns.
     """
-    logits = model(features, training=training)
-    weights = ops.cast(features["masked_lm_weights"], "float32")
-    per_position = keras.losses.sparse_categorical_crossentropy(
-        features["masked_lm_ids"], logits, from_logits=True)
-    return ops.sum(per_position * weights), ops.sum(weights)
+    weights = tf.cast(features["masked_lm_weights"], tf.float32)
+    sequence_output = model._encode(features, training=training, trim_padding=True)
+    slots = tf.where(weights > 0)  # [n, 2]: (row, slot) of every real prediction
+    rows = slots[:, 0]
+    positions = tf.cast(tf.gather_nd(features["masked_lm_positions"], slots), tf.int64)
+    masked_states = tf.gather_nd(sequence_output, tf.stack([rows, positions], axis=1))
+    logits = model.item_logits(masked_states)
+    labels = tf.cast(tf.gather_nd(features["masked_lm_ids"], slots), tf.int32)
+    per_position = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    return tf.reduce_sum(per_position * tf.gather_nd(weights, slots)), tf.reduce_sum(weights)

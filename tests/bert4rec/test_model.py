@@ -13,6 +13,7 @@ from bert4rec.model import (
     CrossAttentionMultiHeadAttention,
     CrossAttentionTransformerEncoder,
     bert4rec_loss,
+    bert4rec_loss_all_slots,
     make_cross_attention_layer,
 )
 from common.config import BertConfig
@@ -207,6 +208,7 @@ def test_config_files_carry_the_original_values():
         "ml-20m_64": (26748, 64, 256, 2, 200, 0.1, 0.1),
         "beauty_64": (54546, 64, 256, 2, 50, 0.5, 0.2),
         "steam_64": (13048, 64, 256, 2, 50, 0.1, 0.1),
+        "steam_256": (13048, 256, 1024, 8, 50, 0.2, 0.2),  # run_steam.sh uses dim 256
         "ml-100k_64": (1349 + 4, 64, 256, 2, 200, 0.2, 0.2),
     }
     for name, values in expected.items():
@@ -319,3 +321,45 @@ def test_learns_a_planted_item_order(model_type, num_steps=300):
 
     trained = hit_rate_at_10(model, features, targets, np.random.default_rng(2))
     assert trained > 0.9, (untrained, trained)
+
+
+# ---- the packed loss -----------------------------------------------------------------------------
+
+def test_packed_loss_and_gradients_equal_the_all_slots_computation():
+    """bert4rec_loss runs the output layer only on slots with weight > 0 (and skips trailing padding columns);
+    loss and every gradient must equal today's all-slots computation."""
+    keras.utils.set_random_seed(6)
+    model = Bert4Rec(tiny_config())
+    features = random_features(np.random.default_rng(6))
+    # Every row shorter than the window, so the trimmed encoder really runs on fewer columns.
+    features["input_mask"][:, 10:] = 0
+    features["input_ids"][:, 10:] = 0
+    features["masked_lm_positions"] = np.minimum(features["masked_lm_positions"], 9)
+    features["masked_lm_weights"][2, 1] = 0.5  # weights other than 0/1 count as weights
+
+    def loss_and_gradients(loss_fn):
+        with tf.GradientTape() as tape:
+            loss_sum, normalizer = loss_fn(model, features, training=False)
+            loss = loss_sum / normalizer
+        gradients = tape.gradient(loss, model.trainable_variables)
+        return float(loss), [tf.convert_to_tensor(gradient).numpy() for gradient in gradients], float(normalizer)
+
+    packed, packed_gradients, packed_normalizer = loss_and_gradients(bert4rec_loss)
+    reference, reference_gradients, reference_normalizer = loss_and_gradients(bert4rec_loss_all_slots)
+    assert packed_normalizer == reference_normalizer == 5.5
+    assert abs(packed - reference) <= 1e-6 * abs(reference)
+    for variable, ours, theirs in zip(model.trainable_variables, packed_gradients, reference_gradients):
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6 * max(1.0, np.abs(theirs).max()),
+                                   err_msg=variable.path)
+    assert np.abs(reference_gradients[0]).max() > 0  # the item table does get a gradient
+
+
+def test_item_logits_are_the_head_after_its_gather():
+    keras.utils.set_random_seed(8)
+    model = Bert4Rec(tiny_config())
+    rng = np.random.default_rng(8)
+    for weight in model.masked_lm.weights:
+        weight.assign(rng.normal(scale=0.5, size=weight.shape).astype(np.float32))
+    states = rng.normal(size=(5, 32)).astype(np.float32)
+    expected = model.masked_lm(states[None], mask_positions=np.arange(5)[None])[0]
+    np.testing.assert_allclose(model.item_logits(states).numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
