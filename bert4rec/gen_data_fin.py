@@ -6,15 +6,16 @@
 Reads `<data_dir>/<dataset_name>.txt` (converting MovieLens first when needed) and writes into `output_dir`:
 `<dataset><signature>.train.tfrecord`, `.test.tfrecord`, `.vocab` and `.his` (JSON), and `.summary.json`.
 Leave-one-out: each user's last item is the test target, the items before it are the training side.
-Training file: `dupe_factor` passes over all users (fresh random masks each pass), then one pass with only the
-last item of every window masked; test file: one instance per user, the whole history with its last item masked.
+Training file: `dupe_factor` passes over all users (fresh random masks each pass) and one pass with only the
+last item of every window masked, all in one seeded random order, as the original shuffles all instances before
+writing; test file: one instance per user, users in order, the whole history with its last item masked.
 Same `--random_seed` gives byte-identical files whatever `--pool_size`; nothing is left behind on error.
 
-Differences from the original, all deliberate: instances are streamed to disk pass after pass instead of being
-shuffled in memory (the training input pipeline shuffles); randomness is per (seed, user, pass, window) instead of
-one sequential stream; users with exactly 2 items get leave-one-out like everyone else (the original put both items
-in training and gave them no test instance); outputs are JSON instead of pickles; masks for `mask_prob < 1` use
-the same [MASK] / keep / random split, drawn independently per position.
+Differences from the original, all deliberate: the shuffle is an external sort by a per-instance random key (memory
+stays bounded: instances go to key-range buckets on disk, each bucket is sorted in memory); randomness is per
+(seed, user, pass, window) instead of one sequential stream; users with exactly 2 items get leave-one-out like
+everyone else (the original put both items in training and gave them no test instance); outputs are JSON instead
+of pickles; masks for `mask_prob < 1` use the same [MASK] / keep / random split, drawn independently per position.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import multiprocessing
 import os
 import sys
+import tempfile
 import threading
 import time
 
@@ -38,6 +40,79 @@ from common.io_utils import atomic_output, atomic_path  # noqa: E402
 from common.tfrecords import TFRecordFileWriter  # noqa: E402
 
 CELLS_PER_TASK = 1 << 20  # window positions (instances x max_seq_length) per work unit: vectorises well, bounded memory
+BUCKET_BYTES = 1 << 28  # training records sorted in memory at once (an estimate): more go to key-range buckets on disk
+WRITE_RECORDS = 1 << 16  # records joined per write when writing a sorted bucket
+
+
+class KeyOrderWriter:
+    """Writes framed records in ascending key order (ties in arrival order): an external sort.
+
+    Runs arrive grouped by key range (the top `bucket_bits` bits); with more than one range, each range is appended
+    to its own temporary file in `temp_dir`, and `finish` sorts one range at a time in memory.
+    """
+
+    def __init__(self, writer, bucket_bits: int, temp_dir: str | None = None):
+        self.writer, self.bucket_bits = writer, bucket_bits
+        self.num_buckets = 1 << bucket_bits
+        self.runs: list = []  # in memory (one bucket): (framed, keys, frame lengths)
+        self.temp_dir = temp_dir
+        if self.num_buckets > 1 and temp_dir is None:
+            raise ValueError("more than one bucket needs a temp_dir")
+
+    def _bucket_path(self, bucket: int, kind: str) -> str:
+        return os.path.join(self.temp_dir, f"bucket{bucket:05d}.{kind}")
+
+    def add(self, framed: bytes, keys: np.ndarray, frame_lengths: np.ndarray) -> None:
+        if self.num_buckets == 1:
+            self.runs.append((framed, keys, frame_lengths))
+            return
+        buckets = (keys >> np.uint64(64 - self.bucket_bits)).astype(np.int64)
+        edges = np.searchsorted(buckets, np.arange(self.num_buckets + 1))
+        byte_edges = np.concatenate([[0], np.cumsum(frame_lengths)])[edges]
+        view = memoryview(framed)
+        for bucket in np.flatnonzero(np.diff(edges)).tolist():
+            begin, end = int(edges[bucket]), int(edges[bucket + 1])
+            with open(self._bucket_path(bucket, "records"), "ab") as handle:
+                handle.write(view[int(byte_edges[bucket]):int(byte_edges[bucket + 1])])
+            with open(self._bucket_path(bucket, "index"), "ab") as handle:
+                handle.write(np.stack([keys[begin:end], frame_lengths[begin:end].astype(np.uint64)], 1).tobytes())
+
+    def _write_sorted(self, framed: bytes, keys: np.ndarray, frame_lengths: np.ndarray) -> None:
+        order = np.argsort(keys, kind="stable")
+        starts = (np.cumsum(frame_lengths) - frame_lengths)[order]
+        ends = starts + frame_lengths[order]
+        view = memoryview(framed)
+        for begin in range(0, len(order), WRITE_RECORDS):  # joined in slices: no second copy of the bucket
+            piece = slice(begin, begin + WRITE_RECORDS)
+            self.writer.write_framed(b"".join([view[start:end] for start, end in zip(
+                starts[piece].tolist(), ends[piece].tolist())]), len(order[piece]))
+
+    def finish(self) -> None:
+        if self.num_buckets == 1:
+            if self.runs:
+                framed = b"".join(run[0] for run in self.runs)
+                self._write_sorted(framed, np.concatenate([run[1] for run in self.runs]),
+                                   np.concatenate([run[2] for run in self.runs]))
+            self.runs = []
+            return
+        for bucket in range(self.num_buckets):
+            index_path = self._bucket_path(bucket, "index")
+            if not os.path.exists(index_path):
+                continue
+            index = np.fromfile(index_path, dtype=np.uint64).reshape(-1, 2)
+            with open(self._bucket_path(bucket, "records"), "rb") as handle:
+                framed = handle.read()
+            self._write_sorted(framed, index[:, 0], index[:, 1].astype(np.int64))
+            os.remove(index_path)
+            os.remove(self._bucket_path(bucket, "records"))
+
+
+def bucket_bits_for(num_instances: int, max_seq_length: int, max_predictions_per_seq: int,
+                    bucket_bytes: int | None = None) -> int:
+    """How many key bits split the training records into buckets of about `bucket_bytes` (an upper estimate)."""
+    bytes_per_record = 2 * max_seq_length + 9 * max_predictions_per_seq + 96  # varints, weights, framing
+    buckets = -(-num_instances * bytes_per_record // (bucket_bytes or BUCKET_BYTES))
+    return max(0, int(buckets - 1).bit_length())
 
 
 def plan_tasks(window_cells_per_user: np.ndarray, dupe_factor: int, cells_per_task: int = CELLS_PER_TASK):
@@ -135,10 +210,13 @@ def generate(dataset_name: str, *, data_dir: str = "./data", output_dir: str = "
     train_items = model_items[~is_test_item]
     train_offsets = sequences.offsets - np.arange(num_users + 1)
 
+    windows_per_user = masking.window_counts(np.diff(train_offsets), max_seq_length, step)
+    num_train_instances = int(windows_per_user.sum()) * (dupe_factor + 1)
+    bucket_bits = bucket_bits_for(num_train_instances, max_seq_length, max_predictions_per_seq)
     config = masking.MaskingConfig(
         max_seq_length=max_seq_length, max_predictions_per_seq=max_predictions_per_seq, masked_lm_prob=masked_lm_prob,
-        mask_prob=mask_prob, sliding_step=step, seed=random_seed, num_items=vocab.num_items, mask_id=vocab.mask_id)
-    windows_per_user = masking.window_counts(np.diff(train_offsets), max_seq_length, step)
+        mask_prob=mask_prob, sliding_step=step, seed=random_seed, num_items=vocab.num_items, mask_id=vocab.mask_id,
+        bucket_bits=bucket_bits)
     tasks = plan_tasks(windows_per_user * max_seq_length, dupe_factor, CELLS_PER_TASK)
     workers = max(1, min(pool_size, os.cpu_count() or 1, len(tasks)))
     init_args = (config, sequences.users, train_offsets, train_items, sequences.offsets, model_items)
@@ -148,17 +226,27 @@ def generate(dataset_name: str, *, data_dir: str = "./data", output_dir: str = "
     os.makedirs(output_dir, exist_ok=True)
     with contextlib.ExitStack() as outputs:  # every file goes to a temp name, renamed only when all succeeded
         temp_paths = {kind: outputs.enter_context(atomic_path(path)) for kind, path in paths.items()}
+        bucket_dir = (outputs.enter_context(tempfile.TemporaryDirectory(prefix=".buckets-", dir=output_dir))
+                      if bucket_bits else None)
         with open(temp_paths["train"], "wb") as train_handle, open(temp_paths["test"], "wb") as test_handle, \
                 _progress_bar(num_users * (dupe_factor + 2), show_progress) as progress:
-            train_writer, test_writer = TFRecordFileWriter(train_handle), TFRecordFileWriter(test_handle)
-            writers = {"train": train_writer, "train_last": train_writer, "test": test_writer}
-            for task, (framed, instances, masked) in zip(tasks, _run_tasks(tasks, workers, init_args)):
+            train_writer = KeyOrderWriter(TFRecordFileWriter(train_handle), bucket_bits, bucket_dir)
+            test_writer = TFRecordFileWriter(test_handle)
+            for task, result in zip(tasks, _run_tasks(tasks, workers, init_args)):
                 kind, pass_start, pass_stop, begin, end = task
-                writers[kind].write_framed(framed, instances)
+                if kind == "test":
+                    framed, instances, masked = result
+                    test_writer.write_framed(framed, instances)
+                else:
+                    train_writer.add(result.framed, result.keys, result.frame_lengths)
+                    instances, masked = result.instances, result.masked
                 counts[kind]["instances"] += instances
                 counts[kind]["masked_positions"] += masked
                 if progress is not None:
                     progress.update((end - begin) * (pass_stop - pass_start))
+            train_writer.finish()
+            train_writer.writer.flush()
+            test_writer.flush()
         save_vocab(temp_paths["vocab"], vocab)
         save_histories(temp_paths["his"], sequences.users, sequences.offsets, model_items)
         summary = {
@@ -220,21 +308,20 @@ def main(argv):
     from absl import flags
     FLAGS = flags.FLAGS
     started = time.perf_counter()
-    try:
-        summary = generate(
-            FLAGS.dataset_name, data_dir=FLAGS.data_dir, output_dir=FLAGS.output_dir,
-            max_seq_length=FLAGS.max_seq_length, max_predictions_per_seq=FLAGS.max_predictions_per_seq,
-            masked_lm_prob=FLAGS.masked_lm_prob, mask_prob=FLAGS.mask_prob, dupe_factor=FLAGS.dupe_factor,
-            prop_sliding_window=FLAGS.prop_sliding_window, signature=FLAGS.signature, pool_size=FLAGS.pool_size,
-            random_seed=FLAGS.random_seed)
-    except ValueError as error:  # DataError included: one clear line naming the file and line, no traceback
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    summary = generate(
+        FLAGS.dataset_name, data_dir=FLAGS.data_dir, output_dir=FLAGS.output_dir,
+        max_seq_length=FLAGS.max_seq_length, max_predictions_per_seq=FLAGS.max_predictions_per_seq,
+        masked_lm_prob=FLAGS.masked_lm_prob, mask_prob=FLAGS.mask_prob, dupe_factor=FLAGS.dupe_factor,
+        prop_sliding_window=FLAGS.prop_sliding_window, signature=FLAGS.signature, pool_size=FLAGS.pool_size,
+        random_seed=FLAGS.random_seed)
     print(summary_line(summary, time.perf_counter() - started), flush=True)
 
 
 if __name__ == "__main__":
-    from absl import app
+    from common import cli
 
+    # No TensorFlow here, so no stderr filter either (its thread would stop the fast fork of the workers).
+    cli.quiet_tensorflow(filter_stderr=False)
     _define_flags()
-    app.run(main)
+    # ValueError covers DataError and flag validation: one clear line naming the file and line, no traceback.
+    cli.run(main, user_errors=(cli.UserError, FileNotFoundError, ValueError))

@@ -26,6 +26,7 @@ _DRAWS_PER_POSITION = 4  # order key, [MASK]-or-not, keep-or-random, random item
 _ORDER, _MASK_DRAW, _KEEP_DRAW, _RANDOM_ITEM_DRAW = range(_DRAWS_PER_POSITION)
 _POSITION_BITS = 16  # low bits of a position's order key: the position itself (so max_seq_length < 65536)
 _POSITION_MASK = (1 << _POSITION_BITS) - 1
+_SHUFFLE_COUNTER = 1 << 40  # a stream output no position uses (positions use 4j..4j+3, j < 65536): the file-order key
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -55,7 +56,8 @@ def stream_keys(seed: int, users, pass_index, window_index) -> np.ndarray:
 
 def stream_output(keys: np.ndarray, counters) -> np.ndarray:
     """The `counters`-th output (0-based) of the SplitMix64 streams seeded with `keys`."""
-    return _mix64(keys + (_as_uint64(counters) + np.uint64(1)) * np.uint64(_GOLDEN_GAMMA))
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design (numpy warns only for scalars)
+        return _mix64(keys + (_as_uint64(counters) + np.uint64(1)) * np.uint64(_GOLDEN_GAMMA))
 
 
 def _uniform(bits: np.ndarray) -> np.ndarray:
@@ -186,6 +188,10 @@ class MaskedInstances:
     def num_masked(self) -> int:
         return int(np.count_nonzero(self.masked_lm_weights))
 
+    def take(self, order: np.ndarray) -> "MaskedInstances":
+        """The instances in `order` (row indices)."""
+        return MaskedInstances(*(getattr(self, name)[order] for name in self.FEATURES))
+
     def serialize(self):
         """The instances as serialized tf.train.Examples (`common.tfrecords.PackedRecords`)."""
         int_features = {name: getattr(self, name) for name in self.FEATURES if name != "masked_lm_weights"}
@@ -263,24 +269,56 @@ class MaskingConfig(NamedTuple):
     seed: int
     num_items: int
     mask_id: int
+    bucket_bits: int = 0  # training records come grouped by the top bits of their shuffle key (see gen_data_fin)
+
+
+def shuffle_keys(seed: int, users, pass_index, window_index) -> np.ndarray:
+    """uint64 key of each training instance: the training file holds instances in ascending key order.
+
+    A hash of the instance's (seed, user, pass, window) coordinates, so sorting by it is a seeded uniform
+    permutation of the whole set that no chunking or worker count can change (the original shuffles all
+    instances before writing).
+    """
+    return stream_output(stream_keys(seed, users, pass_index, window_index), _SHUFFLE_COUNTER)
+
+
+class EncodedRun(NamedTuple):
+    """Framed TFRecords of some instances (`frame_lengths` bytes each), grouped by key bucket (stable)."""
+
+    framed: bytes
+    keys: np.ndarray  # uint64 shuffle keys, in record order
+    frame_lengths: np.ndarray  # int64
+    instances: int
+    masked: int
 
 
 def encode_training_chunk(config: MaskingConfig, users: np.ndarray, offsets: np.ndarray, items: np.ndarray,
-                          pass_start: int, pass_stop: int, last_item_pass: bool) -> tuple[bytes, int, int]:
-    """Framed TFRecord bytes of passes [pass_start, pass_stop) over some users' training sides, pass after pass.
+                          pass_start: int, pass_stop: int, last_item_pass: bool) -> EncodedRun:
+    """Passes [pass_start, pass_stop) over some users' training sides as framed TFRecords with their shuffle keys.
 
-    Returns (bytes, instances, masked positions). The last-item pass has no randomness.
+    Records are grouped by the top `config.bucket_bits` bits of their key (plan order within a group), so the
+    writer can hand each group to its bucket. The last-item pass has no masking randomness (its place in the
+    file is still shuffled).
     """
     windows = sliding_windows(users, offsets, items, config.max_seq_length, config.sliding_step)
     if last_item_pass:
         instances = mask_last(windows, max_predictions_per_seq=config.max_predictions_per_seq, mask_id=config.mask_id)
+        passes, window_index = np.full(len(windows), pass_start), windows.window_index
     else:
         passes = np.repeat(np.arange(pass_start, pass_stop), len(windows))  # one call for all passes: bigger arrays
-        instances = mask_random(windows.tile(pass_stop - pass_start), seed=config.seed, pass_index=passes,
+        windows = windows.tile(pass_stop - pass_start)
+        instances = mask_random(windows, seed=config.seed, pass_index=passes,
                                 masked_lm_prob=config.masked_lm_prob,
                                 max_predictions_per_seq=config.max_predictions_per_seq, mask_prob=config.mask_prob,
                                 num_items=config.num_items, mask_id=config.mask_id)
-    return frame_records(instances.serialize()), len(instances), instances.num_masked
+        window_index = windows.window_index
+    keys = shuffle_keys(config.seed, windows.users, passes, window_index)
+    if config.bucket_bits:
+        order = np.argsort(keys >> np.uint64(64 - config.bucket_bits), kind="stable")
+        instances, keys = instances.take(order), keys[order]
+    records = instances.serialize()
+    return EncodedRun(frame_records(records), keys, records.lengths.astype(np.int64) + 16, len(instances),
+                      instances.num_masked)
 
 
 def encode_test_chunk(config: MaskingConfig, users: np.ndarray, offsets: np.ndarray, items: np.ndarray) -> tuple[bytes, int, int]:
@@ -303,8 +341,9 @@ def clear_worker() -> None:
     _worker_state.clear()
 
 
-def run_task(task: tuple[str, int, int, int, int]) -> tuple[bytes, int, int]:
-    """Encodes users [begin, end) for passes [pass_start, pass_stop) of one kind ("train", "train_last", "test")."""
+def run_task(task: tuple[str, int, int, int, int]):
+    """Encodes users [begin, end) for passes [pass_start, pass_stop) of one kind ("train", "train_last", "test"):
+    an `EncodedRun` for training kinds, (framed bytes, instances, masked positions) for "test"."""
     kind, pass_start, pass_stop, begin, end = task
     offsets, items = _worker_state["test" if kind == "test" else "train"]
     chunk_offsets = offsets[begin:end + 1] - offsets[begin]

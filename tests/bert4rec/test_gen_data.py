@@ -84,9 +84,16 @@ def test_instances_follow_the_original_semantics(toy_dir, tmp_path):
     train = _read_instances(output_dir / "toy-t.train.tfrecord")
     assert len(train["info"]) == (DUPE_FACTOR + 1) * len(windows)  # dupe passes + one last-item pass
 
+    # The file holds the plan (passes in order, users in order) sorted by each instance's shuffle key.
+    window_numbers = [sum(1 for other, _ in windows[:k] if other == user) for k, (user, _) in enumerate(windows)]
+    plan_passes = np.repeat(np.arange(DUPE_FACTOR + 1), len(windows))
+    plan_keys = masking.shuffle_keys(12345, np.tile([user for user, _ in windows], DUPE_FACTOR + 1), plan_passes,
+                                     np.tile(window_numbers, DUPE_FACTOR + 1))
+    file_order = np.argsort(plan_keys, kind="stable")
     masked_sets = collections.defaultdict(set)
     for index in range(len(train["info"])):
-        pass_index, (user, window) = divmod(index, len(windows))[0], windows[index % len(windows)]
+        plan_index = int(file_order[index])
+        pass_index, (user, window) = divmod(plan_index, len(windows))[0], windows[plan_index % len(windows)]
         length = len(window)
         padded = np.array(window + [0] * (MAX_SEQ_LENGTH - length))
         weights = train["masked_lm_weights"][index]
@@ -138,9 +145,50 @@ def test_outputs_are_byte_identical_across_pool_sizes_and_runs(toy_dir, tmp_path
     monkeypatch.setattr(gen_data_fin, "CELLS_PER_TASK", 40)  # many small work units instead of one
     assert len(gen_data_fin.plan_tasks(np.full(30, 20), DUPE_FACTOR, 40)) > 30
     assert run("small_tasks", pool_size=2) == single
+    monkeypatch.setattr(gen_data_fin, "BUCKET_BYTES", 6_000)  # the external sort: key-range buckets on disk
+    assert gen_data_fin.bucket_bits_for(160, MAX_SEQ_LENGTH, MAX_PREDICTIONS) >= 2
+    assert run("buckets", pool_size=2) == single
     other_seed = run("other_seed", random_seed=7)
     assert other_seed["toy-t.train.tfrecord"] != single["toy-t.train.tfrecord"]
     assert other_seed["toy-t.test.tfrecord"] == single["toy-t.test.tfrecord"]  # test instances have no randomness
+
+
+def test_last_item_instances_spread_evenly_through_the_file_and_an_epochs_batches(tmp_path):
+    """The original shuffles all instances before writing; writing pass after pass put the last-item pass at the
+    end of the file, where a shuffle buffer much smaller than the file cannot mix it into the early batches."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(5)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with open(data_dir / "spread.txt", "w") as handle:  # training sides of 10..30 items: random passes mask >= 2
+        for user in range(1, 401):
+            handle.writelines(f"{user} {item}\n" for item in rng.integers(1, 60, size=rng.integers(11, 32)))
+    gen_data_fin.generate("spread", data_dir=str(data_dir), output_dir=str(data_dir), max_seq_length=20,
+                          max_predictions_per_seq=8, masked_lm_prob=0.2, dupe_factor=10, prop_sliding_window=0.5,
+                          signature="", pool_size=1, show_progress=False)
+    spec = data.bert4rec_feature_spec(20, 8)
+    path = str(data_dir / "spread.train.tfrecord")
+    weights = np.concatenate([batch["masked_lm_weights"] for batch in tfrecords.make_dataset(
+        path, spec, batch_size=1000, is_training=False).as_numpy_iterator()])
+    is_last_item = weights.sum(axis=1) == 1
+    share = 1 / 11  # one last-item pass in 11
+    assert abs(is_last_item.mean() - share) < 1e-9 * len(is_last_item) + 0.002
+
+    def worst_deviation(flags, parts):
+        return max(abs(part.mean() - share) for part in np.array_split(flags, parts))
+
+    assert worst_deviation(is_last_item, 10) < 0.035  # every tenth of the file: ~9% (binomial sd ~1.1%)
+    assert worst_deviation(np.sort(is_last_item), 10) > 0.5  # the check bites: pass-after-pass order fails it
+
+    # One epoch as training reads it (shuffle buffer ~15% of the file, as 10,000 of ml-1m's 66,440): every
+    # tenth of the epoch's batches holds ~9% last-item instances.
+    dataset = tfrecords.make_dataset(path, spec, batch_size=64, is_training=True, seed=1,
+                                     shuffle_buffer=len(weights) // 7)
+    epoch = [batch["masked_lm_weights"].sum(axis=1) == 1
+             for batch in dataset.take(len(weights) // 64).as_numpy_iterator()]
+    assert worst_deviation(np.concatenate(epoch), 10) < 0.035
+    del tf
 
 
 def test_plan_tasks_covers_every_pass_and_user_in_file_order():
