@@ -10,8 +10,8 @@ user's history. The original meant to exclude the whole history with
 `map(lambda x: rated.add(x), history)`; that runs under Python 2.7 (the README's version) but under
 Python 3 `map` is a lazy iterator that is never consumed, so only the model's visible input window
 (`set(input_ids)`: the last max_seq_length - 1 history items), padding and the target were excluded.
-`exclude_history=False` (only target and non-items excluded) and `history_window=N` (only the last N
-history items excluded, the Python 3 behaviour) reproduce those variants.
+`history_window=N` (only the last N history items excluded, the Python 3 behaviour; the command lines'
+`--exclude_history=false`) reproduces that; `histories=None` excludes no history at all.
 
 Item ids follow bert4rec/data.py: real items are 1..num_items, 0 is padding, [MASK] and any extra
 ids come after the items. Everything here takes plain numpy arguments.
@@ -197,16 +197,16 @@ class RankingEvaluator:
     Args:
       sampler: the CandidateSampler (fixes vocabulary, popularity and seed).
       protocols: names such as "pop100", "uni100", "full".
-      histories: user index -> item ids of that user's history; None excludes no history.
-      exclude_history: False keeps history items eligible as negatives / full-ranking candidates.
+      histories: user index -> item ids of that user's history, excluded from negatives and
+        full-ranking candidates; None excludes no history.
       history_window: if set, only the last `history_window` history items are excluded (the
         original under Python 3 excluded just its input window: max_seq_length - 1 items before
-        the target, when histories stop before the target).
+        the target, when histories stop before the target); None: the whole history.
       ks: cut-offs for ndcg@k / hit@k.
     """
 
     def __init__(self, sampler: CandidateSampler, protocols: Sequence[str] = DEFAULT_PROTOCOLS,
-                 histories: Mapping[int, Sequence[int]] | None = None, exclude_history: bool = True,
+                 histories: Mapping[int, Sequence[int]] | None = None,
                  history_window: int | None = None, ks: Sequence[int] = metrics.DEFAULT_KS):
         for protocol in protocols:
             parse_protocol(protocol, sampler.num_negatives)  # fail early on a bad name
@@ -215,7 +215,6 @@ class RankingEvaluator:
         self.sampler = sampler
         self.protocols = tuple(protocols)
         self.histories = histories
-        self.exclude_history = exclude_history
         self.history_window = history_window
         self.ks = tuple(ks)
         self.reset()
@@ -224,7 +223,7 @@ class RankingEvaluator:
         self._ranks = {protocol: [] for protocol in self.protocols}
 
     def _excluded_histories(self, user_indices: np.ndarray):
-        if self.histories is None or not self.exclude_history:
+        if self.histories is None:
             return None
         excluded = []
         for user in user_indices:
@@ -270,12 +269,11 @@ class RankingEvaluator:
 
 
 def evaluate_logits(item_counts, user_indices, targets, logits, histories=None,
-                    protocols: Sequence[str] = DEFAULT_PROTOCOLS, exclude_history: bool = True,
-                    history_window: int | None = None, num_negatives: int = 100, seed: int = 12345,
+                    protocols: Sequence[str] = DEFAULT_PROTOCOLS, history_window: int | None = None, num_negatives: int = 100, seed: int = 12345,
                     num_items: int | None = None, ks: Sequence[int] = metrics.DEFAULT_KS) -> dict:
     """One-shot evaluation of a full logits matrix; see RankingEvaluator for the arguments."""
     sampler = CandidateSampler(item_counts, num_negatives=num_negatives, seed=seed, num_items=num_items)
-    evaluator = RankingEvaluator(sampler, protocols, histories, exclude_history, history_window, ks)
+    evaluator = RankingEvaluator(sampler, protocols, histories, history_window, ks)
     evaluator.update(user_indices, targets, logits)
     return evaluator.result()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
+import weakref
 from typing import Sequence
 
 import tensorflow as tf
@@ -77,13 +79,36 @@ def build_model(config: BertConfig, model_type: str = "bert4rec", cross_attentio
     return Bert4Rec(config, model_type=model_type, cross_attention_yy=cross_attention_yy)
 
 
+def build_optimizer(learning_rate: float, num_train_steps: int, num_warmup_steps: int):
+    """BERT4Rec's optimizer (call under the strategy's scope)."""
+    return create_optimizer(learning_rate, num_train_steps, num_warmup_steps,
+                            weight_decay=BERT4REC_WEIGHT_DECAY, clip_norm=BERT4REC_CLIP_NORM)
+
+
+def excluded_history_window(exclude_history: bool, max_seq_length: int) -> int | None:
+    """What `--exclude_history` means everywhere: True excludes the user's whole history from negatives
+    (and recommendations), False only the model's input window: the last max_seq_length - 1 items before
+    the target, i.e. the last max_seq_length items of a `.his` history (which ends with the target), as
+    the original did under Python 3."""
+    return None if exclude_history else max_seq_length
+
+
 def run_training(strategy: tf.distribute.Strategy, settings: RunSettings, train_input_file: str,
                  model_dir: str, batch_size: int, num_train_steps: int, num_warmup_steps: int,
                  learning_rate: float, save_checkpoints_steps: int = 1000,
                  steps_per_execution: int = 10, random_seed: int = 12345,
                  shuffle_buffer: int = 10000, init_checkpoint: str | None = None,
-                 progress: bool = True) -> tuple[Bert4Rec, TrainResult]:
-    """Trains BERT4Rec on the masked TFRecords; resumes from the newest checkpoint in `model_dir`."""
+                 progress: bool = True, eval_every_steps: int | None = None,
+                 eval_input_file: str | None = None, eval_protocols: Sequence[str] = ("pop100",),
+                 exclude_history: bool = True, eval_batch_size: int = 256,
+                 on_evaluation=None) -> tuple[Bert4Rec, TrainResult]:
+    """Trains BERT4Rec on the masked TFRecords; resumes from the newest checkpoint in `model_dir`.
+
+    With `eval_every_steps`, every test user of `eval_input_file` is ranked under `eval_protocols` every
+    that many steps and after the last one: the original's line is printed, and the metrics go to
+    `model_dir/eval_history.json` and TensorBoard (`common.training.train`'s evaluation hook);
+    `on_evaluation(step, results, seconds)`, if given, sees each one (e.g. to time quality against training).
+    """
     vocab = bert4rec_data.load_vocab(settings.vocab_filename)
     config = load_checked_config(settings.bert_config_file, vocab, settings.max_seq_length)
     if batch_size % strategy.num_replicas_in_sync:
@@ -104,15 +129,31 @@ def run_training(strategy: tf.distribute.Strategy, settings: RunSettings, train_
 
     with strategy.scope():
         model = build_model(config, settings.model, settings.cross_attention_yy)
-        optimizer = create_optimizer(learning_rate, num_train_steps, num_warmup_steps,
-                                     weight_decay=BERT4REC_WEIGHT_DECAY, clip_norm=BERT4REC_CLIP_NORM)
+        optimizer = build_optimizer(learning_rate, num_train_steps, num_warmup_steps)
     if init_checkpoint and not tf.train.latest_checkpoint(model_dir):
         load_google_checkpoint(init_checkpoint, model.encoder, masked_lm_head=model.masked_lm)
         logging.info("initialised from %s", init_checkpoint)
+    eval_fn = None
+    if eval_every_steps:
+        if not eval_input_file:
+            raise ValueError("eval_every_steps needs an eval_input_file (the test TFRecords)")
+
+        def eval_fn(step: int) -> dict:
+            started = time.perf_counter()
+            results = run_evaluation(model, settings, eval_input_file, batch_size=eval_batch_size,
+                                     protocols=eval_protocols, exclude_history=exclude_history,
+                                     random_seed=random_seed, progress=False)
+            if on_evaluation is not None:
+                on_evaluation(step, results, time.perf_counter() - started)
+            for protocol, metrics in results.items():
+                print(f"{protocol} at step {step}:\n{format_original_line(metrics)}", flush=True)
+            return {f"{protocol}/{name}": value for protocol, metrics in results.items()
+                    for name, value in metrics.items() if name != "valid_user"}
     result = train(strategy, model, optimizer, dataset_fn, bert4rec_loss, num_train_steps, model_dir,
                    save_checkpoints_steps=save_checkpoints_steps,
                    log_every_steps=max(save_checkpoints_steps // 10, steps_per_execution),
-                   steps_per_execution=steps_per_execution, progress=progress)
+                   steps_per_execution=steps_per_execution, progress=progress, eval_fn=eval_fn,
+                   eval_every_steps=eval_every_steps if eval_fn else None)
     return model, result
 
 
@@ -138,14 +179,13 @@ def run_evaluation(model: Bert4Rec, settings: RunSettings, test_input_file: str,
     histories = bert4rec_data.load_histories(settings.user_history_filename)
     sampler = CandidateSampler(vocab.item_counts, num_negatives=100, seed=random_seed,
                                num_items=vocab.num_items)
-    # --exclude_history=false reproduces the original under Python 3: only its input window (the
-    # max_seq_length - 1 items before the target; .his histories end with the target) is excluded.
-    evaluator = RankingEvaluator(sampler, protocols, histories, exclude_history=True,
-                                 history_window=None if exclude_history else settings.max_seq_length)
+    evaluator = RankingEvaluator(
+        sampler, protocols, histories,
+        history_window=excluded_history_window(exclude_history, settings.max_seq_length))
     feature_spec = bert4rec_data.bert4rec_feature_spec(settings.max_seq_length,
                                                        settings.max_predictions_per_seq)
     dataset = make_dataset(test_input_file, feature_spec, batch_size, is_training=False)
-    next_item_logits = tf.function(model.next_item_logits, reduce_retracing=True)
+    next_item_logits = _logits_function(model)
     bar = tqdm(desc="evaluating", unit="user", disable=not progress)
     for features in dataset:
         logits = next_item_logits(features).numpy()
@@ -155,6 +195,16 @@ def run_evaluation(model: Bert4Rec, settings: RunSettings, test_input_file: str,
         bar.update(len(user_indices))
     bar.close()
     return evaluator.result()
+
+
+_LOGITS_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _logits_function(model):
+    """One traced `next_item_logits` per model, so evaluations during training do not trace it again."""
+    if model not in _LOGITS_FUNCTIONS:
+        _LOGITS_FUNCTIONS[model] = tf.function(model.next_item_logits, reduce_retracing=True)
+    return _LOGITS_FUNCTIONS[model]
 
 
 def report_evaluation(results: dict, model_dir: str, extra: dict | None = None,

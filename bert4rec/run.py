@@ -16,6 +16,11 @@ import sys
 if __package__ in (None, ""):  # run as a file (`python bert4rec/run.py` or from inside bert4rec/)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from common import cli  # noqa: E402
+
+if __name__ == "__main__":  # a script, not a library import (tests import recommend())
+    cli.quiet_tensorflow()
+
 from absl import app, flags, logging  # noqa: E402
 
 from common.distribute import define_strategy_flags, is_chief, strategy_from_flags  # noqa: E402
@@ -55,9 +60,26 @@ flags.DEFINE_list("eval_protocol", ["pop100", "uni100", "full"],
 flags.DEFINE_bool("exclude_history", True,
                   "Exclude the user's whole history from negatives (false: only the input window, "
                   "as the original did under Python 3).")
+flags.DEFINE_integer("eval_every_steps", None,
+                     "Also rank the test users every N training steps (--eval_every_protocol) and print the "
+                     "original's line; kept in <checkpointDir><signature>/eval_history.json.")
+flags.DEFINE_list("eval_every_protocol", ["pop100"], "Protocols of the evaluations during training.")
 flags.DEFINE_integer("random_seed", 12345, "Seed of initialisation, data order and negatives.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 define_strategy_flags()
+
+
+def check_input_files(pattern_flags) -> None:
+    """A missing input file is one clear line now, not a traceback minutes later."""
+    import glob
+
+    for name in pattern_flags:
+        value = FLAGS[name].value
+        if not value:
+            continue
+        for part in (piece.strip() for piece in value.split(",")):
+            if part and not glob.glob(part):
+                raise cli.UserError(f"--{name}: {part}: no such file")
 
 
 def main(argv):
@@ -69,6 +91,19 @@ def main(argv):
     for name in ("bert_config_file", "checkpointDir", "vocab_filename", "user_history_filename"):
         if not FLAGS[name].value:
             raise app.UsageError(f"--{name} is required")
+    check_input_files(["bert_config_file", "vocab_filename", "user_history_filename"]
+                      + (["train_input_file"] if FLAGS.do_train else [])
+                      + (["test_input_file"] if FLAGS.do_eval else []))
+    for name in ("batch_size", "max_seq_length", "max_predictions_per_seq", "save_checkpoints_steps",
+                 "iterations_per_loop", "num_train_steps"):
+        if FLAGS[name].value < 1:
+            raise cli.UserError(f"--{name} must be >= 1, got {FLAGS[name].value}")
+    if FLAGS.eval_every_steps is not None and FLAGS.eval_every_steps < 1:
+        raise cli.UserError(f"--eval_every_steps must be >= 1, got {FLAGS.eval_every_steps}")
+    if FLAGS.eval_every_steps and not FLAGS.test_input_file:
+        raise cli.UserError("--eval_every_steps needs --test_input_file")
+    if FLAGS.eval_every_steps:
+        check_input_files(["test_input_file"])
     if FLAGS.use_tpu:
         FLAGS.strategy, FLAGS.tpu = "tpu", FLAGS.tpu or FLAGS.tpu_name
     model_dir = FLAGS.checkpointDir + FLAGS.signature
@@ -90,7 +125,10 @@ def main(argv):
             num_train_steps=FLAGS.num_train_steps, num_warmup_steps=FLAGS.num_warmup_steps,
             learning_rate=FLAGS.learning_rate, save_checkpoints_steps=FLAGS.save_checkpoints_steps,
             steps_per_execution=FLAGS.iterations_per_loop, random_seed=FLAGS.random_seed,
-            init_checkpoint=FLAGS.init_checkpoint, progress=FLAGS.progress)
+            init_checkpoint=FLAGS.init_checkpoint, progress=FLAGS.progress,
+            eval_every_steps=FLAGS.eval_every_steps, eval_input_file=FLAGS.test_input_file,
+            eval_protocols=FLAGS.eval_every_protocol, exclude_history=FLAGS.exclude_history,
+            eval_batch_size=FLAGS.batch_size)
 
     if FLAGS.do_eval and is_chief(strategy):
         test_file = FLAGS.test_input_file or FLAGS.train_input_file
@@ -117,5 +155,13 @@ def main(argv):
         logging.info("wrote %s", path)
 
 
+def user_errors() -> tuple:
+    from bert4rec.data import DataError
+    from common.checkpoints import CheckpointMismatchError
+    from common.config import BertConfigError
+
+    return (cli.UserError, FileNotFoundError, DataError, BertConfigError, CheckpointMismatchError)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, user_errors=user_errors())

@@ -137,7 +137,7 @@ def test_full_ranks_equal_brute_force_numpy_ranks():
     np.testing.assert_array_equal(evaluator.ranks("full"), expected)
 
 
-def test_exclude_history_false_lets_history_items_compete():
+def test_no_histories_lets_history_items_compete():
     sampler = CandidateSampler(make_counts())
     history = np.arange(1, 31)  # items 1..30 watched; target 40
     logits = np.zeros((1, NUM_ITEMS + 3))
@@ -145,8 +145,7 @@ def test_exclude_history_false_lets_history_items_compete():
     logits[0, 40] = 1.0
     results = {}
     for exclude in (True, False):
-        evaluator = RankingEvaluator(sampler, ("pop19", "full"), histories={0: history},
-                                     exclude_history=exclude)
+        evaluator = RankingEvaluator(sampler, ("pop19", "full"), histories={0: history} if exclude else None)
         evaluator.update([0], [40], logits)
         results[exclude] = {protocol: int(evaluator.ranks(protocol)[0]) for protocol in ("pop19", "full")}
     assert results[True] == {"pop19": 0, "full": 0}

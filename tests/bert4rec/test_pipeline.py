@@ -123,14 +123,14 @@ def test_command_line_evaluates_and_recommends(pipeline):
     assert set(saved["metrics"]) == {"pop100", "uni100", "full"}
     assert saved["metrics"]["pop100"]["hit@10"] > 0.9
 
-    history = " ".join(str(int(CYCLE[index])) for index in range(3, 9))
+    history = " ".join(str(int(CYCLE[index])) for index in range(3, 15))  # as long as the training histories
     completed = subprocess.run(
         [sys.executable, "-m", "bert4rec.recommend", f"--checkpointDir={pipeline['model_dir']}",
          f"--history={history}", "--top_k=3", "--json"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     recommendations = json.loads(completed.stdout.strip().splitlines()[-1])["recommendations"]
-    assert recommendations[0]["item"] == int(CYCLE[9])
+    assert recommendations[0]["item"] == int(CYCLE[15])
 
 
 def test_vocab_size_mismatch_is_a_clear_error(pipeline, tmp_path):
@@ -156,7 +156,8 @@ def test_command_line_trains_the_cross_attention_variant_in_bfloat16(pipeline, t
          "--signature=-x", f"--max_seq_length={MAX_SEQ_LENGTH}", f"--max_predictions_per_seq={MAX_PREDICTIONS}",
          "--batch_size=16", "--num_train_steps=20", "--num_warmup_steps=2", "--learning_rate=1e-3",
          "--save_checkpoints_steps=10", "--iterations_per_loop=5", "--model=cross_attention",
-         "--mixed_precision=bfloat16", "--exclude_history=false", "--eval_protocol=pop100,full"],
+         "--mixed_precision=bfloat16", "--exclude_history=false", "--eval_protocol=pop100,full",
+         "--eval_every_steps=10"],
         cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     model_dir = checkpoint_dir + "-x"
@@ -167,6 +168,12 @@ def test_command_line_trains_the_cross_attention_variant_in_bfloat16(pipeline, t
     assert saved["flags"]["model"] == "cross_attention" and saved["train"]["final_step"] == 20
     with open(os.path.join(model_dir, "run_config.json")) as handle:
         assert json.load(handle)["model"] == "cross_attention"
+    # --eval_every_steps: the pop100 line during training, and the history of evaluations.
+    assert "pop100 at step 10:" in completed.stdout and "pop100 at step 20:" in completed.stdout
+    with open(os.path.join(model_dir, "eval_history.json")) as handle:
+        history = json.load(handle)
+    assert [record["step"] for record in history] == [10, 20]
+    assert 0.0 <= history[-1]["pop100/hit@10"] <= 1.0 and "pop100/ndcg@10" in history[-1]
 
 
 def test_training_runs_under_mirrored_strategy_on_two_replicas(pipeline, tmp_path):

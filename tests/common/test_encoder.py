@@ -109,3 +109,73 @@ def test_extra_keys_are_ignored(tmp_path):
     path.write_text(json.dumps({**GOOGLE_BERT_BASE, "model_type": "bert", "layer_norm_eps": 1e-12,
                                 "architectures": ["BertModel"]}))
     assert BertConfig.from_json_file(path) == BertConfig(**GOOGLE_BERT_BASE)
+
+
+# ---- the blocks against an independent NumPy forward pass ----------------------------------------
+
+def _numpy_encoder(encoder, input_ids, input_mask, gelu, epsilon):
+    """Float64 BERT forward pass (Google modeling.py): embeddings -> LN -> post-LN blocks, no dropout."""
+    import sys, os  # noqa: E401
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from numpy_reference import layer_norm, softmax
+
+    def weights(layer):
+        return [np.asarray(w, np.float64) for w in layer.weights]
+
+    positions = np.asarray(encoder.position_embedding.position_embeddings, np.float64)[:input_ids.shape[1]]
+    hidden = (np.asarray(encoder.token_embedding.embeddings, np.float64)[input_ids] + positions
+              + np.asarray(encoder.segment_embedding.embeddings, np.float64)[0])
+    hidden = layer_norm(hidden, *weights(encoder.embeddings_layer_norm), epsilon)
+    key_mask = input_mask.astype(bool)[:, None, None, :]
+    for block in encoder.transformer_layers:
+        attention = block._self_attention_layer
+        (q_kernel, q_bias), (k_kernel, k_bias), (v_kernel, v_bias) = (
+            weights(dense) for dense in (attention._query_dense, attention._key_dense, attention._value_dense))
+        q = np.einsum("btd,dnh->btnh", hidden, q_kernel) + q_bias
+        k = np.einsum("btd,dnh->btnh", hidden, k_kernel) + k_bias
+        v = np.einsum("btd,dnh->btnh", hidden, v_kernel) + v_bias
+        scores = np.einsum("binh,bjnh->bnij", q, k) / np.sqrt(q.shape[-1])
+        probs = softmax(np.where(key_mask, scores, -np.inf))
+        context = np.einsum("bnij,bjnh->binh", probs, v)
+        out_kernel, out_bias = weights(attention._output_dense)
+        attended = np.einsum("binh,nhd->bid", context, out_kernel) + out_bias
+        hidden = layer_norm(hidden + attended, *weights(block._self_attention_layer_norm), epsilon)
+        inner_kernel, inner_bias = weights(block._feedforward_intermediate_dense)
+        outer_kernel, outer_bias = weights(block._feedforward_output_dense)
+        feedforward = gelu(hidden @ inner_kernel + inner_bias) @ outer_kernel + outer_bias
+        hidden = layer_norm(hidden + feedforward, *weights(block._feedforward_layer_norm), epsilon)
+    return hidden
+
+
+def test_blocks_match_numpy_bert_with_erf_gelu_and_epsilon_1e_12():
+    """A tanh-GELU or a LayerNorm epsilon other than Google's 1e-12 in the blocks fails this test: the weights
+    put GELU inputs around +-3 (where the two GELUs differ by up to 5e-4) and the first block's LayerNorm inputs at
+    variance ~1e-7 (where epsilon 1e-6 would shrink them ~3x)."""
+    from scipy.special import erf
+
+    rng = np.random.default_rng(0)
+    encoder = BertEncoder(BertConfig(**dict(TINY, num_hidden_layers=2)))
+    for weight in encoder.weights:
+        weight.assign(rng.normal(scale=0.5, size=weight.shape).astype(np.float32))
+    # Tiny embedding LayerNorm output: the first block's attention LayerNorm sees variance ~1e-7.
+    gamma, beta = encoder.embeddings_layer_norm.weights
+    gamma.assign(np.full(gamma.shape, 3e-4, np.float32))
+    beta.assign(np.zeros(beta.shape, np.float32))
+    attention = encoder.transformer_layers[0]._self_attention_layer
+    for weight in attention._output_dense.weights:
+        weight.assign(np.asarray(weight) * 1e-3)
+    actual = np.asarray(encoder({"input_ids": INPUT_IDS, "input_mask": INPUT_MASK})["sequence_output"])
+
+    def gelu_erf(x):
+        return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+
+    def gelu_tanh(x):
+        return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+    real = INPUT_MASK.astype(bool)
+    expected = _numpy_encoder(encoder, INPUT_IDS, INPUT_MASK, gelu_erf, 1e-12)
+    np.testing.assert_allclose(actual[real], expected[real], atol=1e-5)  # float32 vs float64: ~3e-7
+    # The same comparison is sensitive to each planted mistake.
+    for gelu, epsilon in ((gelu_tanh, 1e-12), (gelu_erf, 1e-6)):
+        wrong = _numpy_encoder(encoder, INPUT_IDS, INPUT_MASK, gelu, epsilon)
+        assert np.abs(wrong[real] - actual[real]).max() > 1e-4  # tanh-GELU: 3e-4; epsilon 1e-6: 6e-2
