@@ -5,6 +5,7 @@
 # Every setting below can be overridden from the environment, e.g.
 #   NUM_TRAIN_STEPS=20000 MIXED_PRECISION=bfloat16 ./run_ml-1m.sh
 # MovieLens-1M is downloaded into $DATA_DIR when the network allows; otherwise put ml-1m.zip there.
+# run_beauty.sh, run_steam.sh, run_ml-20m.sh and run_ml-100k.sh set their datasets' values and call this script.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 . .ci/venv.sh
@@ -32,7 +33,7 @@ SAVE_CHECKPOINTS_STEPS="${SAVE_CHECKPOINTS_STEPS:-1000}"
 ITERATIONS_PER_LOOP="${ITERATIONS_PER_LOOP:-20}"
 BERT_CONFIG="${BERT_CONFIG:-bert4rec/bert_train/bert_config_${DATASET}_${DIM}.json}"
 
-signature="-mp${MASK_PROB}-sw${PROP_SLIDING_WINDOW}-mlp${MASKED_LM_PROB}-df${DUPE_FACTOR}-mpps${MAX_PREDICTIONS_PER_SEQ}-msl${MAX_SEQ_LENGTH}-fin"
+signature="${SIGNATURE:--mp${MASK_PROB}-sw${PROP_SLIDING_WINDOW}-mlp${MASKED_LM_PROB}-df${DUPE_FACTOR}-mpps${MAX_PREDICTIONS_PER_SEQ}-msl${MAX_SEQ_LENGTH}-fin}"
 
 python -u -m bert4rec.gen_data_fin \
     --dataset_name="${DATASET}" \

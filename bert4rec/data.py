@@ -25,6 +25,9 @@ MOVIELENS_URLS = {
     "ml-1m": "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
     "ml-20m": "https://files.grouplens.org/datasets/movielens/ml-20m.zip",
 }
+# The original repository publishes its preprocessed `user item` files (ml-1m.txt too, beside GroupLens's zip).
+ORIGINAL_DATA_URL = "https://raw.githubusercontent.com/FeiSun/BERT4Rec/master/data/{name}.txt"
+ORIGINAL_RELEASE_DATASETS = ("beauty", "steam", "ml-1m")
 MIN_ITEM_INTERACTIONS = 5  # SASRec/BERT4Rec drop items (and users) with fewer interactions than this
 MIN_USER_INTERACTIONS = 5
 DOWNLOAD_TIMEOUT_SECONDS = 30
@@ -373,12 +376,17 @@ def prepare_dataset(dataset_name: str, data_dir: str | os.PathLike, cache_dir: s
             try:
                 _download(url, zip_path)
             except OSError as error:  # URLError, timeouts and refused connections are all OSErrors
+                also = (f" (the original repository's {ORIGINAL_DATA_URL.format(name=dataset_name)} works as it is)"
+                        if dataset_name in ORIGINAL_RELEASE_DATASETS else "")
                 raise DataError(f"cannot download {url} ({getattr(error, 'reason', error)}); put {dataset_name}.zip "
-                                f"from that address, or a ready {dataset_name}.txt (`user item` lines), into "
+                                f"from that address, or a ready {dataset_name}.txt (`user item` lines){also}, into "
                                 f"{os.path.abspath(data_dir)}") from None
         return convert_movielens_zip(zip_path, data_dir, dataset_name)
+    if dataset_name in ORIGINAL_RELEASE_DATASETS:
+        raise DataError(f"{text_path}: no such file; put {dataset_name}.txt into {os.path.abspath(data_dir)}: the "
+                        f"original BERT4Rec repository publishes it at {ORIGINAL_DATA_URL.format(name=dataset_name)}")
     raise DataError(f"{text_path}: no such file; put the dataset there as `user item` lines (each user's lines in "
-                    f"time order), or use ml-100k, ml-1m or ml-20m")
+                    f"time order), or use ml-100k, ml-1m, ml-20m, beauty or steam")
 
 
 # ----------------------------------------------------------------------------------------------------------
