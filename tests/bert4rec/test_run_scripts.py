@@ -96,3 +96,17 @@ def test_missing_data_names_the_file_and_the_original_release(dataset, tmp_path)
 def test_any_user_item_file_still_works_by_name(tmp_path):
     (tmp_path / "mine.txt").write_text("1 5\n1 6\n2 5\n2 7\n")
     assert data.prepare_dataset("mine", tmp_path) == str(tmp_path / "mine.txt")
+
+
+def test_titles_file_reads_any_json_object_of_item_id_to_title(tmp_path):
+    from bert4rec.recommend import load_titles
+    from common.cli import UserError
+
+    path = tmp_path / "movie_title_by_index.json"
+    path.write_text('{"12": "Toy Story (1995)", "7": "Heat", "301": 5}')
+    assert load_titles(str(path)) == {"12": "Toy Story (1995)", "7": "Heat", "301": "5"}
+    path.write_text('{"12": "Toy Story",\n "7": }')
+    with pytest.raises(UserError, match=rf"{path}:2: not valid JSON"):
+        load_titles(str(path))
+    with pytest.raises(UserError, match="no such file"):
+        load_titles(str(tmp_path / "missing.json"))
