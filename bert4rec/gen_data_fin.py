@@ -77,22 +77,25 @@ class KeyOrderWriter:
             with open(self._bucket_path(bucket, "index"), "ab") as handle:
                 handle.write(np.stack([keys[begin:end], frame_lengths[begin:end].astype(np.uint64)], 1).tobytes())
 
-    def _write_sorted(self, framed: bytes, keys: np.ndarray, frame_lengths: np.ndarray) -> None:
+    def _write_sorted(self, runs: list) -> None:
+        """Writes the records of `runs` ((framed, keys, frame lengths) each) in ascending key order."""
+        keys = np.concatenate([run[1] for run in runs])
+        lengths = np.concatenate([run[2] for run in runs]).astype(np.int64)
+        run_of = np.repeat(np.arange(len(runs)), [len(run[1]) for run in runs])
+        run_first = np.cumsum([0] + [len(run[1]) for run in runs])[:-1]
+        starts = np.cumsum(lengths) - lengths
+        starts -= np.repeat(starts[run_first], [len(run[1]) for run in runs])  # offsets within each run
         order = np.argsort(keys, kind="stable")
-        starts = (np.cumsum(frame_lengths) - frame_lengths)[order]
-        ends = starts + frame_lengths[order]
-        view = memoryview(framed)
-        for begin in range(0, len(order), WRITE_RECORDS):  # joined in slices: no second copy of the bucket
-            piece = slice(begin, begin + WRITE_RECORDS)
-            self.writer.write_framed(b"".join([view[start:end] for start, end in zip(
-                starts[piece].tolist(), ends[piece].tolist())]), len(order[piece]))
+        views = [memoryview(run[0]) for run in runs]  # no joined copy of the bucket
+        for begin in range(0, len(order), WRITE_RECORDS):
+            piece = order[begin:begin + WRITE_RECORDS]
+            self.writer.write_framed(b"".join([views[run][start:start + length] for run, start, length in zip(
+                run_of[piece].tolist(), starts[piece].tolist(), lengths[piece].tolist())]), len(piece))
 
     def finish(self) -> None:
         if self.num_buckets == 1:
             if self.runs:
-                framed = b"".join(run[0] for run in self.runs)
-                self._write_sorted(framed, np.concatenate([run[1] for run in self.runs]),
-                                   np.concatenate([run[2] for run in self.runs]))
+                self._write_sorted(self.runs)
             self.runs = []
             return
         for bucket in range(self.num_buckets):
@@ -102,7 +105,7 @@ class KeyOrderWriter:
             index = np.fromfile(index_path, dtype=np.uint64).reshape(-1, 2)
             with open(self._bucket_path(bucket, "records"), "rb") as handle:
                 framed = handle.read()
-            self._write_sorted(framed, index[:, 0], index[:, 1].astype(np.int64))
+            self._write_sorted([(framed, index[:, 0], index[:, 1].astype(np.int64))])
             os.remove(index_path)
             os.remove(self._bucket_path(bucket, "records"))
 
