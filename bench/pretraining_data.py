@@ -7,7 +7,7 @@ from the PyPI wheel `bert-tensorflow==1.0.4`, downloaded with pip into a tempora
 fails the JSON says so. Prints one JSON line: instances/s of each (wall clock, and an idle-machine estimate from CPU
 time: CPU seconds / workers), the ratios and the 10x target.
 
-    python bench/pretraining_data.py [--documents 1000] [--workers 2] [--dupe_factor 5] [--repeats 3]
+    python bench/pretraining_data.py [--documents 2000] [--workers 2] [--dupe_factor 5] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def run_google(google_dir, vocab_path, corpus_path, output_dir, dupe_factor, rep
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--documents", type=int, default=1000)
+    parser.add_argument("--documents", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--dupe_factor", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; the best counts")

@@ -668,6 +668,10 @@ def write_pretraining_data(documents, output_prefix: str, vocab_file: str, *, to
     paths = tfrecords.sharded_paths(output_prefix, num_shards)
     totals = collections.Counter()
     tasks = enumerate(_iter_blocks(documents, settings.documents_per_block))
+    first_tasks = list(itertools.islice(tasks, 2))
+    if len(first_tasks) < 2:
+        num_workers = 1  # a single block: worker processes would only add their start-up
+    tasks = itertools.chain(first_tasks, tasks)
     with contextlib.ExitStack() as stack:
         # The pool first: forking is only safe before the progress bar starts its monitor thread.
         pool = stack.enter_context(_worker_pool(num_workers, (vocab_words, tokenize, settings, num_shards)))

@@ -286,7 +286,7 @@ def test_streaming_reads_only_a_few_blocks_ahead(tmp_path):
     pretraining_data.write_pretraining_data(documents_fn, str(tmp_path / "s"), str(tmp_path / "vocab.txt"),
                                             tokenize=tokenize, num_workers=1, progress=False, max_seq_length=32,
                                             dupe_factor=1, documents_per_block=4)
-    assert read_when_tokenizing[0] <= 8  # the first block is processed after reading at most two blocks
+    assert read_when_tokenizing[0] <= 12  # the first block is processed after reading at most three blocks
     assert len(read) == 40
 
 
