@@ -268,6 +268,31 @@ def test_written_shards_are_worker_independent_streamed_and_parse_back(tmp_path)
     assert _rows(pretraining_data.instances_to_features(other_seed, VOCAB_IDS, 40, 6)) != _rows(expected)
 
 
+def test_forked_workers_write_the_same_files(tmp_path):
+    """Without TensorFlow loaded, workers are forked (here they were spawned): the same bytes either way."""
+    import json
+    import subprocess
+    import sys
+
+    documents = _corpus(seed=10, num_documents=24, sentences=(3, 8))
+    write_vocab(VOCAB, tmp_path / "vocab.txt")
+    (tmp_path / "corpus.json").write_text(json.dumps(documents))
+    settings = dict(max_seq_length=32, dupe_factor=2, documents_per_block=6, num_shards=2, random_seed=4)
+    script = (
+        "import json, sys\n"
+        "from common import pretraining_data\n"
+        "assert pretraining_data._fork_is_safe() and 'tensorflow' not in sys.modules\n"
+        f"pretraining_data.write_pretraining_data(json.load(open({str(tmp_path / 'corpus.json')!r})), "
+        f"{str(tmp_path / 'forked')!r}, {str(tmp_path / 'vocab.txt')!r}, num_workers=2, progress=False, **{settings!r})\n")
+    repository = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    subprocess.run([sys.executable, "-c", script], cwd=repository, check=True, timeout=120)
+    here = pretraining_data.write_pretraining_data(documents, str(tmp_path / "here"), str(tmp_path / "vocab.txt"),
+                                                   num_workers=1, progress=False, **settings)
+    for path in here["files"]:
+        forked = tmp_path / os.path.basename(path).replace("here", "forked")
+        assert open(path, "rb").read() == forked.read_bytes()
+
+
 def test_streaming_reads_only_a_few_blocks_ahead(tmp_path):
     documents = _corpus(seed=7, num_documents=40, sentences=(3, 6))
     write_vocab(VOCAB, tmp_path / "vocab.txt")
