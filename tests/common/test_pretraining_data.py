@@ -283,7 +283,8 @@ def test_forked_workers_write_the_same_files(tmp_path):
         "from common import pretraining_data\n"
         "assert pretraining_data._fork_is_safe() and 'tensorflow' not in sys.modules\n"
         f"pretraining_data.write_pretraining_data(json.load(open({str(tmp_path / 'corpus.json')!r})), "
-        f"{str(tmp_path / 'forked')!r}, {str(tmp_path / 'vocab.txt')!r}, num_workers=2, progress=False, **{settings!r})\n")
+        f"{str(tmp_path / 'forked')!r}, {str(tmp_path / 'vocab.txt')!r}, num_workers=2, progress=False, "
+        f"**{settings!r})\n")
     repository = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     subprocess.run([sys.executable, "-c", script], cwd=repository, check=True, timeout=120)
     here = pretraining_data.write_pretraining_data(documents, str(tmp_path / "here"), str(tmp_path / "vocab.txt"),
