@@ -58,6 +58,8 @@ class TrainingInstance:
 
 @dataclasses.dataclass(frozen=True)
 class InstanceSettings:
+    """`create_training_instances`'s settings, checked (one ValueError listing every bad value)."""
+
     max_seq_length: int = 128
     dupe_factor: int = 10
     short_seq_prob: float = 0.1
