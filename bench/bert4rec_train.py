@@ -133,60 +133,65 @@ def training_rates(shape: str, steps: int, rounds: int) -> dict:
             "max_predictions": SHAPES[shape][2]}
 
 
-# RecBole's BERT4Rec on the same synthetic shapes: its own model, loss and Adam step, on CPU, batch 256.
-RECBOLE_SCRIPT = textwrap.dedent('''
+# RecBole's BERT4Rec on the same synthetic batches: its own model, CE loss (over every mask slot, padding ones
+# weighted 0, as its MaskItemSequence transform lays them out) and an Adam step, on CPU, batch 256.
+RECBOLE_SCRIPT = textwrap.dedent("""
     import json, sys, time, types
-    import numpy as np, torch
+    import torch
     from recbole.model.sequential_recommender.bert4rec import BERT4Rec
     spec = json.loads(sys.argv[1])
     torch.set_num_threads(int(spec["threads"]))
     results = {}
     for shape, (num_items, length, predictions, batches) in spec["shapes"].items():
         config = {"USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "LIST_SUFFIX": "_list",
-                  "ITEM_LIST_LENGTH_FIELD": "item_length", "POSITION_FIELD": "position_id",
-                  "NEG_PREFIX": "neg_", "MAX_ITEM_LIST_LENGTH": length, "device": torch.device("cpu"),
-                  "n_layers": 2, "n_heads": 2, "hidden_size": 64, "inner_size": 256,
-                  "hidden_dropout_prob": 0.2, "attn_dropout_prob": 0.2, "hidden_act": "gelu",
-                  "layer_norm_eps": 1e-12, "initializer_range": 0.02, "mask_ratio": 0.2,
-                  "loss_type": "CE", "ft_ratio": 0.0, "transform": None}
-        dataset = types.SimpleNamespace(num=lambda field: num_items + 1, field2id_token={}, fields=lambda *a, **k: [])
+                  "ITEM_LIST_LENGTH_FIELD": "item_length", "POSITION_FIELD": "position_id", "NEG_PREFIX": "neg_",
+                  "MAX_ITEM_LIST_LENGTH": length, "device": torch.device("cpu"), "n_layers": 2, "n_heads": 2,
+                  "hidden_size": 64, "inner_size": 256, "hidden_dropout_prob": 0.2, "attn_dropout_prob": 0.2,
+                  "hidden_act": "gelu", "layer_norm_eps": 1e-12, "initializer_range": 0.02,
+                  "mask_ratio": predictions / length, "loss_type": "CE", "ft_ratio": 0.0,
+                  "transform": "mask_itemseq", "MASK_ITEM_SEQ": "Mask_item_id_list", "POS_ITEMS": "Pos_item_id",
+                  "NEG_ITEMS": "Neg_item_id", "MASK_INDEX": "MASK_INDEX"}
+
         class Config(dict):
             def __getitem__(self, key):
                 return dict.get(self, key)
+
+            def __contains__(self, key):
+                return dict.__contains__(self, key)
+
+        dataset = types.SimpleNamespace(num=lambda field: num_items + 1)  # ids 1..num_items, 0 pads
         model = BERT4Rec(Config(config), dataset)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-        interactions = []
-        for batch in batches:
-            ids = torch.tensor(batch["input_ids"], dtype=torch.long)
-            interactions.append({"item_id_list": torch.tensor(batch["items"], dtype=torch.long),
-                                 "item_length": torch.tensor(batch["lengths"], dtype=torch.long),
-                                 "item_id": torch.tensor(batch["next"], dtype=torch.long)})
+        interactions = [{"Mask_item_id_list": torch.tensor(batch["input_ids"]),
+                         "Pos_item_id": torch.tensor(batch["labels"]),
+                         "Neg_item_id": torch.zeros(len(batch["labels"]), predictions, dtype=torch.long),
+                         "MASK_INDEX": torch.tensor(batch["positions"])} for batch in batches]
+
         def step(interaction):
             optimizer.zero_grad()
             loss = model.calculate_loss(interaction)
             loss.backward()
             optimizer.step()
+
         for interaction in interactions[:2]:
             step(interaction)
         start = time.perf_counter()
         for index in range(spec["steps"]):
             step(interactions[index % len(interactions)])
-        results[shape] = spec["steps"] * len(batches[0]["lengths"]) / (time.perf_counter() - start)
+        results[shape] = spec["steps"] * len(batches[0]["labels"]) / (time.perf_counter() - start)
     print(json.dumps(results))
-''')
+""")
 
 
 def recbole_rates(python: str, shapes: list[str], steps: int) -> dict:
-    """RecBole's training rate (sequences/s) per shape, from `python` (an environment with recbole)."""
+    """RecBole's training rate (sequences/s) per shape, from `python` (an environment with recbole + torch)."""
     spec = {"steps": steps, "threads": os.cpu_count(), "shapes": {}}
     for shape in shapes:
         config = BertConfig.from_json_file(os.path.join(CONFIG_DIR, SHAPES[shape][0]))
-        batches = []
-        for batch in make_batches(shape, config)[:2]:
-            lengths = batch["input_mask"].sum(1)
-            items = np.where(batch["input_mask"] == 1, np.abs(batch["input_ids"]) % (config.vocab_size - 4) + 1, 0)
-            batches.append({"input_ids": batch["input_ids"].tolist(), "items": items.tolist(),
-                            "lengths": lengths.tolist(), "next": items[:, 0].tolist()})
+        batches = [{"input_ids": batch["input_ids"].tolist(), "labels": batch["masked_lm_ids"].tolist(),
+                    # RecBole marks padding slots with index 0 (so a real target at position 0 is dropped there)
+                    "positions": (batch["masked_lm_positions"] * (batch["masked_lm_weights"] > 0)).tolist()}
+                   for batch in make_batches(shape, config)[:4]]
         spec["shapes"][shape] = [config.vocab_size - 4, SHAPES[shape][1], SHAPES[shape][2], batches]
     result = subprocess.run([python, "-c", RECBOLE_SCRIPT, json.dumps(spec)], capture_output=True, text=True)
     if result.returncode != 0:

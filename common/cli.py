@@ -100,7 +100,7 @@ class _StderrFilter:
         except (OSError, ValueError):
             pass
         os.dup2(self.target, 2)  # the pipe's last write end closes: the thread sees end of file
-        self.thread.join(timeout=5)
+        self.thread.join(timeout=2)  # a forked child still holding the pipe must not hold up the exit
         os.close(self.target)
 
 
