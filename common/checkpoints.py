@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
-import json
 import math
 import os
 import shutil
@@ -31,6 +30,7 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from common.config import BertConfig
 from common.encoder import LAYER_NORM_EPSILON, BertEncoder
+from common.io_utils import atomic_output, atomic_write_json, read_json
 
 
 def make_checkpoint_manager(directory: str, max_to_keep: int = 5, **trackables):
@@ -533,8 +533,7 @@ def load_keras_hub_backbone(backbone, encoder: BertEncoder) -> None:
 
 
 def _read_json(path: str) -> dict:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    return read_json(path, expect=dict)
 
 
 def _check_hugging_face_config(values: dict, source: str) -> None:
@@ -882,7 +881,6 @@ def load_chainer_npz(path: str | os.PathLike, encoder: BertEncoder, masked_lm_he
 def save_chainer_npz(encoder: BertEncoder, path: str | os.PathLike, masked_lm_head=None,
                      next_sentence_head=None) -> str:
     """Writes the weights as bert-chainer's converter would (atomically); returns `path`."""
-    from common.io_utils import atomic_output
 
     path = os.fspath(path)
     arrays = {}
@@ -987,7 +985,6 @@ def write_model_folder(model_dir: str | os.PathLike, config: BertConfig, vocab_f
     """Writes what rebuilding the model needs beside its checkpoints: `bert_config.json`, a copy
     of the vocabulary as `vocab.txt`, `labels.json` (list), `run_config.json` (flags). Each file is
     written atomically; returns `model_dir`."""
-    from common.io_utils import atomic_output, atomic_write_json
 
     model_dir = os.fspath(model_dir)
     os.makedirs(model_dir, exist_ok=True)
@@ -1005,14 +1002,6 @@ def write_model_folder(model_dir: str | os.PathLike, config: BertConfig, vocab_f
     return model_dir
 
 
-def _read_json_file(path: str):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
-
-
 def read_model_folder(model_dir: str | os.PathLike) -> ModelFolder:
     """What `write_model_folder` wrote, plus the newest checkpoint (None when there is none)."""
     model_dir = os.fspath(model_dir)
@@ -1024,10 +1013,10 @@ def read_model_folder(model_dir: str | os.PathLike) -> ModelFolder:
     vocab_path = os.path.join(model_dir, MODEL_VOCAB_FILE)
     labels_path = os.path.join(model_dir, MODEL_LABELS_FILE)
     run_config_path = os.path.join(model_dir, MODEL_RUN_CONFIG_FILE)
-    labels = _read_json_file(labels_path) if os.path.isfile(labels_path) else None
+    labels = read_json(labels_path) if os.path.isfile(labels_path) else None
     if labels is not None and not isinstance(labels, list):
         raise ValueError(f"{labels_path}:1: expected a JSON list of labels")
-    run_config = _read_json_file(run_config_path) if os.path.isfile(run_config_path) else None
+    run_config = read_json(run_config_path) if os.path.isfile(run_config_path) else None
     if run_config is not None and not isinstance(run_config, dict):
         raise ValueError(f"{run_config_path}:1: expected a JSON object")
     return ModelFolder(config, vocab_path if os.path.isfile(vocab_path) else None, labels, run_config,

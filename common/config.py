@@ -6,7 +6,7 @@ import dataclasses
 import json
 import os
 
-from common.io_utils import atomic_write_text
+from common.io_utils import atomic_write_text, read_json
 
 
 class BertConfigError(ValueError):
@@ -95,16 +95,7 @@ class BertConfig:
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "BertConfig":
         path = os.fspath(path)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-        except FileNotFoundError:
-            raise BertConfigError(f"{path}: no such file") from None
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise BertConfigError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
-        return cls.from_dict(values, source=path)
+        return cls.from_dict(read_json(path, BertConfigError), source=path)
 
     def to_dict(self) -> dict:
         return {key: getattr(self, key) for key in self.REQUIRED_KEYS}

@@ -30,6 +30,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from common.io_utils import read_json
+
 POOLING_STRATEGIES = ("REDUCE_MEAN", "REDUCE_MAX", "REDUCE_MEAN_MAX", "CLS_TOKEN", "SEP_TOKEN", "NONE")
 # bert-as-service accepts these two aliases of CLS_TOKEN / SEP_TOKEN.
 _ALIASES = {"FIRST_TOKEN": "CLS_TOKEN", "LAST_TOKEN": "SEP_TOKEN"}
@@ -136,14 +138,6 @@ _ST_POOLING_MODES = {
 _ST_UNSUPPORTED_MODES = ("pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens")
 
 
-def _read_json(path: str):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
-
-
 def read_sentence_transformers_settings(folder: str | os.PathLike) -> dict:
     """A sentence-transformers folder -> SentenceEncoder keyword arguments plus `model_folder` (the
     folder of its Transformer module). A plain BERT folder (no `modules.json`) -> `{"model_folder": folder}`."""
@@ -152,7 +146,7 @@ def read_sentence_transformers_settings(folder: str | os.PathLike) -> dict:
     settings = {"model_folder": folder}
     if not os.path.isfile(modules_path):
         return settings
-    modules = _read_json(modules_path)
+    modules = read_json(modules_path)
     settings.update(pooling="REDUCE_MEAN", layers=(-1,), normalize=False)
     for module in modules:
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
@@ -161,13 +155,13 @@ def read_sentence_transformers_settings(folder: str | os.PathLike) -> dict:
             settings["model_folder"] = path
             st_config_path = os.path.join(path, "sentence_bert_config.json")
             if os.path.isfile(st_config_path):
-                st_config = _read_json(st_config_path)
+                st_config = read_json(st_config_path)
                 if st_config.get("max_seq_length"):
                     settings["max_seq_length"] = int(st_config["max_seq_length"])
                 settings["lowercase_text"] = bool(st_config.get("do_lower_case", False))
         elif kind == "Pooling":
             config_path = os.path.join(path, "config.json")
-            pooling = _read_json(config_path)
+            pooling = read_json(config_path)
             chosen = [strategy for key, strategy in _ST_POOLING_MODES.items() if pooling.get(key)]
             unsupported = [key for key in _ST_UNSUPPORTED_MODES if pooling.get(key)]
             if unsupported or len(chosen) != 1:

@@ -52,3 +52,26 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, value, indent: int = 2) -> None:
     atomic_write_text(path, json.dumps(value, indent=indent, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | os.PathLike, error_class: type[Exception] = ValueError, *, expect: type | None = None,
+              default=None, missing_ok: bool = False):
+    """Parses a JSON file; bad JSON raises `error_class("file:line:column: reason")`.
+
+    `missing_ok` returns `default` for an absent file; `expect` (e.g. dict) checks the top-level type.
+    """
+    path = os.fspath(path)
+    if missing_ok and not os.path.exists(path):
+        return default
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except FileNotFoundError:
+        raise error_class(f"{path}: no such file") from None
+    except json.JSONDecodeError as error:
+        raise error_class(f"{path}:{error.lineno}:{error.colno}: not valid JSON ({error.msg})") from None
+    except UnicodeDecodeError as error:
+        raise error_class(f"{path}: not UTF-8 text (byte {error.start})") from None
+    if expect is not None and not isinstance(value, expect):
+        raise error_class(f"{path}:1: expected a JSON {expect.__name__}, got {type(value).__name__}")
+    return value

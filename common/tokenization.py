@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import json
 import os
 import re
 import unicodedata
@@ -23,7 +22,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from common.io_utils import atomic_write_text
+from common.io_utils import atomic_write_text, read_json
 
 PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
@@ -405,14 +404,7 @@ class BertTokenizer:
 def _read_tokenizer_config(path: str) -> dict:
     if not os.path.isfile(path):
         return {}
-    with open(path, encoding="utf-8") as handle:
-        try:
-            settings = json.load(handle)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
-    if not isinstance(settings, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(settings).__name__}")
-    return settings
+    return read_json(path, expect=dict)
 
 
 # ---- vocabularies from a corpus -----------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import math
 import os
 import shutil
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 
 from common.checkpoints import make_checkpoint_manager, restore_latest
 from common.distribute import distribute_dataset, is_chief
-from common.io_utils import atomic_write_json
+from common.io_utils import atomic_write_json, read_json
 from common.optimization import maybe_wrap_for_loss_scaling
 
 
@@ -292,14 +291,7 @@ BEST_MODES = ("max", "min")
 
 
 def _read_json(path: str, default):
-    if not tf.io.gfile.exists(path):
-        return default
-    with tf.io.gfile.GFile(path) as handle:
-        text = handle.read()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+    return read_json(path, default=default, missing_ok=True)
 
 
 class _Evaluations:

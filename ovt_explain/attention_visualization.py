@@ -44,6 +44,7 @@ from typing import Mapping, Sequence  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
+from common.io_utils import read_json  # noqa: E402
 from ovt_explain import attention as attention_lib  # noqa: E402
 
 METHOD_TITLES = {"raw": "raw attention", "rollout": "attention rollout", "flow": "attention flow"}
@@ -109,14 +110,7 @@ def explain_users(classifier, histories: Mapping[str, Sequence[str]], methods=at
 def read_program_table(path: str | None) -> dict[str, dict]:
     if not path:
         return {}
-    try:
-        with open(path, encoding="utf-8") as handle:
-            table = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise cli.UserError(f"{path}:{error.lineno}:{error.colno}: {error.msg}") from None
-    if not isinstance(table, dict):
-        raise cli.UserError(f"{path}:1: expected a JSON object slot id -> {{channel, time, title}}")
-    return table
+    return read_json(path, cli.UserError, expect=dict)
 
 
 def token_label(token: str, programs: Mapping[str, dict], short: bool = False) -> str:

@@ -15,6 +15,7 @@ import json
 from typing import Any, Sequence
 
 from common.cli import UserError
+from common.io_utils import read_json
 
 REQUIRED = object()
 
@@ -61,17 +62,9 @@ def load_config(path: str, keys: Sequence[Key], ignored: dict[str, str] | None =
     `ignored`: original keys accepted for compatibility that have no effect here (name -> why).
     Keys starting with "//" are comments.
     """
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
-    try:
-        values = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path}:{error.lineno}:{error.colno}: {error.msg}") from None
-    if not isinstance(values, dict):
-        raise UserError(f"{path}:1: expected a JSON object of settings")
+    values = read_json(path, UserError, expect=dict)
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()  # for the line number of each key in errors
     by_name = {}
     for key in keys:
         for name in (key.name,) + key.aliases:
