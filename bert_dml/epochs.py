@@ -8,6 +8,7 @@ the best model. A restarted run resumes after the last finished epoch.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -55,7 +56,6 @@ def read_log(model_dir: str) -> list[dict]:
     path = os.path.join(model_dir, LOG_FILE)
     if not os.path.isfile(path):
         return []
-    import json
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
 
@@ -71,6 +71,8 @@ class EpochSettings:
     plot_keys: tuple[str, ...] = ("T/loss", "D/loss")
     plot: bool = True
     progress: bool = True
+    # The optimizer's schedule, for the epoch's rate in the log (before a resumed run restores the step).
+    schedule: Callable[[int], float] | None = None
 
 
 def run_epochs(strategy: tf.distribute.Strategy, model: keras.Model, optimizer, loss_fn: Callable,
@@ -106,7 +108,8 @@ def run_epochs(strategy: tf.distribute.Strategy, model: keras.Model, optimizer, 
         if settings.patience is not None and since_best >= settings.patience:
             print_fn(f"early stopping: {settings.best_metric} has not improved for {since_best} epochs")
             break
-        learning_rate = _epoch_learning_rate(optimizer, (epoch - 1) * settings.steps_per_epoch)
+        learning_rate = (float(ops.convert_to_numpy(settings.schedule((epoch - 1) * settings.steps_per_epoch)))
+                         if settings.schedule is not None else current_learning_rate(optimizer))
         train_start = time.perf_counter()
         # The epoch's dataset starts at this epoch's first step: `start_step` needs no skipping.
         epoch_dataset_fn = (lambda context, start_step=0, epoch=epoch: dataset_fn(epoch, context))
@@ -144,14 +147,6 @@ def run_epochs(strategy: tf.distribute.Strategy, model: keras.Model, optimizer, 
     if writer is not None:
         writer.close()
     return history
-
-
-def _epoch_learning_rate(optimizer, step: int) -> float:
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    schedule = inner._learning_rate if hasattr(inner, "_learning_rate") else None
-    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        return float(ops.convert_to_numpy(schedule(step)))
-    return current_learning_rate(optimizer)
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:

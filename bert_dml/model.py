@@ -101,4 +101,6 @@ def batched_outputs(function: Callable, features: dict[str, np.ndarray], batch_s
 def feature_function(output: Callable) -> Callable:
     """A `tf.function` over any batch/sequence length (traced once) for inference."""
     spec = {key: tf.TensorSpec([None, None], tf.int32) for key in FEATURE_KEYS}
-    return tf.function(lambda features: output(features), input_signature=[spec], reduce_retracing=True)
+    # Plain model calls: nothing for AutoGraph to convert (it cannot parse lambdas sharing a line).
+    return tf.function(tf.autograph.experimental.do_not_convert(output), input_signature=[spec],
+                       reduce_retracing=True)

@@ -152,7 +152,8 @@ def train_dml(train_path: str, eval_path: str, out: str, *, batchsize: int = 64,
         return metrics
 
     settings = EpochSettings(num_epochs=epochs, steps_per_epoch=steps, model_dir=out, best_metric="D/loss",
-                             best_mode="min", plot=not noplot, progress=progress)
+                             best_mode="min", plot=not noplot, progress=progress,
+                             schedule=EpochLinearDecay(learnrate, steps, epochs))
     return run_epochs(strategy, model, optimizer, make_triplet_loss_fn(mining, margin),
                       _epoch_batches(train_batches, triplet_signature()), evaluate_epoch, settings,
                       dml_log_line, print_fn)
@@ -227,6 +228,6 @@ def train_classifier(train_path: str, eval_path: str, out: str, *, batchsize: in
 
     settings = EpochSettings(num_epochs=epochs, steps_per_epoch=steps, model_dir=out, best_metric="D/uar",
                              best_mode="max", patience=patience, plot_keys=("T/loss", "D/loss", "D/acc", "D/uar"),
-                             plot=not noplot, progress=progress)
+                             plot=not noplot, progress=progress, schedule=EpochLinearDecay(learnrate, steps, epochs))
     return run_epochs(strategy, model, optimizer, classification_loss_fn,
                       _epoch_batches(train_batches, signature), evaluate_epoch, settings, cls_log_line, print_fn)

@@ -138,6 +138,7 @@ def test_resume_continues_after_the_last_finished_epoch(trained):
                     triplets_per_epoch=960, noplot=True, progress=False, resume=trained["out"], start_epoch=3,
                     print_fn=printed.append)
     assert [entry["epoch"] for entry in log] == [1, 2, 3]
+    assert log[-1]["lr"] == pytest.approx(2e-3 / 3, rel=1e-5)  # epoch 3 of 3, before the step is restored
     assert sum(line.startswith("[  3]") for line in printed) == 1
     assert not any(line.startswith("[  2]") for line in printed)
 
