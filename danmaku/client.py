@@ -111,10 +111,7 @@ class BertClient:
 
     def _warn_if_long(self, texts: list[str]) -> None:
         if self._server_config is None:
-            try:
-                self.server_config
-            except BertClientError:
-                return  # encode() will report it
+            self.server_config  # no server / a timeout raises here, once, instead of again in encode()
         limit = self._server_config.get("max_seq_len")
         if limit and any(len(text) > limit - 2 for text in texts):
             import warnings

@@ -43,8 +43,14 @@ def create_pretraining_data(input_files, output_file: str, vocab_file: str | Non
     on a malformed line the shards are discarded, so the output is whole or absent. A vocabulary
     built here is removed again if the run fails.
     """
-    from common.pretraining_data import write_pretraining_data
+    from common.pretraining_data import InstanceSettings, write_pretraining_data
 
+    try:  # bad flag values fail here, in one line, before a vocabulary or shard is written
+        InstanceSettings(**instance_kwargs)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    if num_shards < 1 or (num_workers is not None and num_workers < 1):
+        raise UserError(f"--num_shards ({num_shards}) and --num_workers ({num_workers}) must be at least 1")
     prefix = output_prefix_of(output_file)
     built_vocab = None
     if build_vocab:
@@ -54,6 +60,8 @@ def create_pretraining_data(input_files, output_file: str, vocab_file: str | Non
         logging.info("built a %d-token %s vocabulary: %s", len(vocab), vocab_type, vocab_file)
     elif not vocab_file:
         raise UserError("give --vocab_file (e.g. chinese_L-12_H-768_A-12/vocab.txt) or --build_vocab=N")
+    elif not os.path.isfile(vocab_file):
+        raise UserError(f"{vocab_file}: no such --vocab_file (add --build_vocab=N to build one there)")
     try:
         try:
             tokenizer = BertTokenizer.from_vocab_file(vocab_file, lowercase=do_lower_case)

@@ -14,10 +14,10 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from common.checkpoints import (GOOGLE_CHECKPOINT_NAME, GOOGLE_CONFIG_FILE, load_google_checkpoint,
-                                load_pretrained_folder)
+from common.checkpoints import (GOOGLE_CONFIG_FILE, CheckpointMismatchError, load_pretrained_folder,
+                                warm_start)
 from common.cli import UserError
-from common.config import BertConfig
+from common.config import BertConfig, BertConfigError
 from common.encoder import BertEncoder
 from common.tokenization import BertTokenizer, VocabError
 
@@ -27,13 +27,6 @@ class LoadedModel(NamedTuple):
     encoder: BertEncoder
     tokenizer: BertTokenizer
     weights: str  # where the weights came from (for logs and /status)
-
-
-def _is_google_checkpoint(prefix: str) -> bool:
-    if not tf.io.gfile.exists(prefix + ".index"):
-        return False
-    names = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
-    return "bert/embeddings/word_embeddings" in names
 
 
 def latest_google_checkpoint(folder: str) -> str | None:
@@ -51,24 +44,16 @@ def latest_google_checkpoint(folder: str) -> str | None:
 
 
 def load_weights(source: str, encoder: BertEncoder) -> str:
-    """Google checkpoint prefix or folder, or our training folder -> encoder weights; returns what loaded."""
-    candidates = [source]
+    """A folder's newest `model.ckpt-N` (bert-as-service's tuned model), else whatever `common`'s
+    warm start finds at `source` (Google checkpoint, our ckpt-N, Hugging Face folder) -> encoder;
+    returns what was loaded ("Google checkpoint <prefix>: encoder (N tensors)")."""
     if tf.io.gfile.isdir(source):
-        candidates = [os.path.join(source, GOOGLE_CHECKPOINT_NAME)]
-        latest = latest_google_checkpoint(source)
-        if latest:
-            candidates.insert(0, latest)
-    for prefix in candidates:
-        if _is_google_checkpoint(prefix):
-            load_google_checkpoint(prefix, encoder)
-            return prefix
+        source = latest_google_checkpoint(source) or source
     try:
-        from common.checkpoints import warm_start
-    except ImportError:
-        warm_start = None
-    if warm_start is not None:
-        return warm_start(source, encoder)
-    raise UserError(f"{source}: no Google BERT checkpoint (model.ckpt-N / bert_model.ckpt) found")
+        message = warm_start(source, encoder)
+    except (FileNotFoundError, CheckpointMismatchError) as error:
+        raise UserError(str(error)) from None
+    return message.removeprefix("warm start from ")
 
 
 def load_model(model_dir: str, tuned_model_dir: str | None = None, ckpt_name: str | None = None,
@@ -78,7 +63,10 @@ def load_model(model_dir: str, tuned_model_dir: str | None = None, ckpt_name: st
         raise UserError(f"{model_dir}: -model_dir is not a folder")
     config_path = os.path.join(model_dir, config_name)
     if os.path.isfile(config_path):
-        config = BertConfig.from_json_file(config_path)
+        try:
+            config = BertConfig.from_json_file(config_path)
+        except BertConfigError as error:  # names the file and the key
+            raise UserError(str(error)) from None
         encoder = BertEncoder(config)
         weights = None
         if not tuned_model_dir:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from typing import Mapping
 
 import tensorflow as tf
@@ -26,7 +25,7 @@ from absl import logging
 
 from common.checkpoints import GOOGLE_CONFIG_FILE, GOOGLE_VOCAB_FILE, save_google_checkpoint
 from common.cli import UserError
-from common.config import BertConfig
+from common.config import BertConfig, BertConfigError
 from common.distribute import is_chief
 from common.encoder import BertEncoder
 from common.heads import BertPretrainer
@@ -120,7 +119,10 @@ def resolve_config(settings: PretrainingSettings) -> tuple[BertConfig, str]:
         candidates.append(os.path.join(_folder_of(settings.init_checkpoint), GOOGLE_CONFIG_FILE))
     for path in candidates:
         if os.path.isfile(path):
-            return BertConfig.from_json_file(path), path
+            try:
+                return BertConfig.from_json_file(path), path
+            except BertConfigError as error:  # names the file and the key
+                raise UserError(str(error)) from None
     if settings.bert_config_file:
         raise UserError(f"{settings.bert_config_file}: no such --bert_config_file")
     if settings.init_checkpoint and os.path.isfile(os.path.join(settings.init_checkpoint, "config.json")):
@@ -177,20 +179,33 @@ def _has_training_checkpoint(output_dir: str) -> bool:
 
 
 def write_model_folder_files(output_dir: str, config: BertConfig, vocab_path: str | None, run_config: dict) -> None:
-    """bert_config.json, vocab.txt and run_config.json beside the checkpoints (common's writer if present)."""
-    try:
-        from common.checkpoints import write_model_folder
-    except ImportError:
-        write_model_folder = None
-    if write_model_folder is not None:
-        write_model_folder(output_dir, config, vocab_file=vocab_path, run_config=run_config)
-        return
-    os.makedirs(output_dir, exist_ok=True)
-    config.to_json_file(os.path.join(output_dir, GOOGLE_CONFIG_FILE))
-    target = os.path.join(output_dir, GOOGLE_VOCAB_FILE)
-    if vocab_path and os.path.abspath(vocab_path) != os.path.abspath(target):
-        shutil.copyfile(vocab_path, target)
-    atomic_write_json(os.path.join(output_dir, "run_config.json"), run_config)
+    """bert_config.json, vocab.txt and run_config.json beside the checkpoints."""
+    from common.checkpoints import write_model_folder
+
+    write_model_folder(output_dir, config, vocab_file=vocab_path, run_config=run_config)
+
+
+def check_record_files(files: list[str], settings: PretrainingSettings) -> None:
+    """Each file's first record must be a pre-training example of --max_seq_length and
+    --max_predictions_per_seq: a mismatch is one error line here, not a tf.data error mid-training."""
+    expected = {"input_ids": settings.max_seq_length, "masked_lm_positions": settings.max_predictions_per_seq}
+    flag_of = {"input_ids": "--max_seq_length", "masked_lm_positions": "--max_predictions_per_seq"}
+    for path in files:
+        try:
+            first = next(iter(tf.data.TFRecordDataset(path).take(1)), None)
+        except tf.errors.OpError as error:
+            raise UserError(f"{path}: not a readable TFRecord file ({error.message.splitlines()[0]})") from None
+        if first is None:
+            continue  # an empty shard: nothing to mismatch
+        example = tf.train.Example.FromString(first.numpy())
+        for name, length in expected.items():
+            feature = example.features.feature.get(name)
+            if feature is None:
+                raise UserError(f"{path}: record 0 has no {name!r}; not create_pretraining_data output")
+            found = len(feature.int64_list.value)
+            if found != length:
+                raise UserError(f"{path}: records have {name} of length {found} but {flag_of[name]}={length}; "
+                                "use the value the data was created with")
 
 
 # ---- evaluation ---------------------------------------------------------------------------------
@@ -234,12 +249,16 @@ def run_pretraining(strategy, settings: PretrainingSettings) -> dict:
                         f"max_position_embeddings={config.max_position_embeddings} ({config_source})")
     chief = is_chief(strategy)
     train_files = resolve_record_files(settings.input_file)
+    check_record_files(train_files, settings)
     eval_file = settings.eval_input_file or settings.input_file
     if settings.do_eval:
-        resolve_record_files(eval_file)  # fail on a wrong name before training, not after
+        check_record_files(resolve_record_files(eval_file), settings)  # fail before training, not after
 
-    model, optimizer = build_pretrainer(strategy, config, settings)
     resuming = _has_training_checkpoint(settings.output_dir)
+    if not settings.do_train and not resuming and not settings.init_checkpoint:
+        raise UserError(f"--do_eval without --do_train: no checkpoint in {settings.output_dir} and no "
+                        "--init_checkpoint to evaluate")
+    model, optimizer = build_pretrainer(strategy, config, settings)
     loaded_from = None
     if settings.init_checkpoint and not resuming:
         loaded_from = warm_start_pretrainer(settings.init_checkpoint, model)
@@ -308,9 +327,11 @@ def run_pretraining(strategy, settings: PretrainingSettings) -> dict:
 
 
 def _restore_model_only(model, output_dir: str) -> int:
-    """--do_eval without --do_train: the newest training checkpoint's weights and step."""
+    """--do_eval without --do_train: the newest training checkpoint's weights and step (optimizer ignored)."""
+    from common.checkpoints import restore_checkpoint
+
     step = tf.Variable(0, dtype=tf.int64, trainable=False)
     path = tf.train.latest_checkpoint(output_dir)
-    tf.train.Checkpoint(model=model, step=step).restore(path).expect_partial()
+    restore_checkpoint(tf.train.Checkpoint(model=model, step=step), path)
     logging.info("evaluating %s", path)
     return int(step.numpy())

@@ -141,6 +141,8 @@ def parse_encode_request(body: bytes, max_texts: int) -> tuple[list[str], object
         request = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise RequestError(400, f"body is not valid UTF-8 JSON: {error}") from None
+    except RecursionError:  # e.g. "[[[[..." nested deeper than the parser's stack
+        raise RequestError(400, "body is JSON nested too deeply") from None
     if not isinstance(request, dict) or "texts" not in request:
         raise RequestError(400, 'expected a JSON object {"texts": ["...", ...]}')
     texts = request["texts"]
@@ -185,6 +187,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
+
+    def send_error(self, code, message=None, explain=None):
+        """The stdlib's own errors (bad request line, unknown method, ...) as JSON too, not HTML."""
+        if code == 501:  # an HTTP method we do not serve
+            code, message = 405, f"method {self.command} not allowed; use POST /encode or GET /status"
+        self.close_connection = True
+        try:
+            self._send_json(code, {"error": message or explain or http.HTTPStatus(code).phrase})
+        except OSError:
+            pass  # the client is gone
 
     def do_GET(self):
         if self.path.rstrip("/") in ("/status", "/status/server"):

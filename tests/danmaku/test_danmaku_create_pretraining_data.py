@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from common.cli import UserError
 from common.pretraining_data import pretraining_feature_spec
 from common.tokenization import load_vocab
+from danmaku.data import create_pretraining_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MAX_SEQ_LENGTH = 24
@@ -141,3 +143,17 @@ def test_drop_oov_comments_reports_counts_and_bad_input_is_one_error_line(tmp_pa
                      f"--output_file={tmp_path / 'out3' / 'x.tfrecord'}", check=False)
     assert failed.returncode == 1 and f"error: {bad}:2: video_seconds 'x' is not a number" in failed.stderr
     assert not (tmp_path / "out3").exists()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(masked_lm_prob=1.5), "masked_lm_prob must be in \\[0, 1\\], got 1.5"),
+    (dict(max_seq_length=2), "max_seq_length=2 leaves fewer than 2 tokens"),
+    (dict(num_shards=0), "--num_shards \\(0\\) and --num_workers \\(None\\) must be at least 1"),
+])
+def test_bad_settings_are_one_user_error_before_anything_is_written(tmp_path, corpus_file, arguments, message):
+    output = tmp_path / "out" / "x.tfrecord"
+    with pytest.raises(UserError, match=message):
+        create_pretraining_data(corpus_file, str(output), build_vocab=50, progress=False, **arguments)
+    assert not (tmp_path / "out").exists()  # not even the --build_vocab vocabulary
+    with pytest.raises(UserError, match="nope.txt: no such --vocab_file"):
+        create_pretraining_data(corpus_file, str(output), str(tmp_path / "nope.txt"), progress=False)

@@ -14,6 +14,7 @@ import tensorflow as tf
 from danmaku_helpers import make_model_folder
 
 from common.checkpoints import CheckpointMismatchError
+from common.cli import UserError
 from common.config import BertConfig
 
 from common.embeddings import SentenceEncoder
@@ -173,3 +174,24 @@ def test_run_pretraining_cli_reports_a_wrong_input_file_in_one_line(tmp_path, ti
         f"error: --input_file: nothing matches '{tmp_path / 'missing.tfrecord'}' "
         "(nor its shards <name>-00000-of-0000N.tfrecord)")
     assert not (tmp_path / "model").exists()
+
+
+def test_settings_that_do_not_fit_the_data_fail_before_training(trained, tmp_path):
+    settings, _ = trained
+    not_records = tmp_path / "comments.txt"
+    not_records.write_text("前方高能\n", encoding="utf-8")
+    cases = {"max_seq_length": (64, "input_ids of length 32 but --max_seq_length=64"),
+             "max_predictions_per_seq": (20, "masked_lm_positions of length 5 but --max_predictions_per_seq=20"),
+             "input_file": (str(not_records), "not a readable TFRecord file")}
+    for field, (value, message) in cases.items():
+        output_dir = tmp_path / field
+        wrong = PretrainingSettings(**{**vars(settings), field: value, "output_dir": str(output_dir)})
+        with pytest.raises(UserError, match=message):
+            run_pretraining(tf.distribute.get_strategy(), wrong)
+        assert not output_dir.exists()  # nothing written before the check
+    # --do_eval alone with nothing to evaluate (no checkpoint, no --init_checkpoint) is an error, not random weights.
+    nothing = PretrainingSettings(**{**vars(settings), "do_train": False, "init_checkpoint": None,
+                                     "bert_config_file": os.path.join(settings.output_dir, "bert_config.json"),
+                                     "output_dir": str(tmp_path / "empty")})
+    with pytest.raises(UserError, match="no checkpoint in .* and no --init_checkpoint"):
+        run_pretraining(tf.distribute.get_strategy(), nothing)

@@ -176,6 +176,28 @@ def test_malformed_and_oversized_requests_get_4xx_json_and_the_server_keeps_serv
         np.testing.assert_array_equal(client.encode(["ok"]), fake_encode(["ok"]))  # same connection
 
 
+def test_deeply_nested_json_and_other_methods_get_json_errors_too():
+    with EmbeddingServer(fake_encode, port=0) as server:
+        status, payload = post(server.port, b"[" * 100000)  # the parser's recursion limit, not a dropped connection
+        assert (status, payload["error"]) == (400, "body is JSON nested too deeply")
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.request("PUT", "/encode", body=b'{"texts": ["a"]}')
+        response = connection.getresponse()
+        assert response.status == 405 and "method PUT not allowed" in json.loads(response.read())["error"]
+        connection.close()
+        assert post(server.port, b'{"texts": ["ok"]}') == (200, {"embeddings": [[2.0, 111.0]]})
+
+
+def test_client_timeout_is_waited_once_when_the_server_never_answers():
+    with socket.socket() as silent:  # accepts connections, never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        started = time.monotonic()
+        with pytest.raises(BertClientError, match="did not answer within 0.3 s"):
+            BertClient(ip="127.0.0.1", port=silent.getsockname()[1], timeout=300).encode(["草"])
+        assert time.monotonic() - started < 0.55  # not once for GET /status and again for POST /encode
+
+
 def test_client_errors_are_clear_when_no_server_answers_or_it_is_too_slow():
     port = free_port()
     with pytest.raises(BertClientError, match=f"no embedding server answers at http://127.0.0.1:{port}"):
