@@ -129,6 +129,13 @@ def _safe_name(user_id: str) -> str:
 
 # ---- pictures ----------------------------------------------------------------------------------------------
 
+def _label_font(labels: Sequence[str]):
+    """A CJK-capable font when a programme title needs one (real programme tables are Japanese)."""
+    from common.plotting import _text_font
+
+    return _text_font(labels)
+
+
 def _programme_positions(tokens: Sequence[str]) -> list[int]:
     return [i for i, token in enumerate(tokens) if token not in ("[CLS]", "[SEP]")]
 
@@ -186,9 +193,10 @@ def plot_attention_graph(explanation: Explanation, method: str, path: str, progr
             nx.draw_networkx_edges(graph, positions, edgelist=[(u, v) for u, v, _ in edges],
                                    width=[max(0.3, w * scale) for *_, w in edges], edge_color=color,
                                    arrows=False, ax=axes)
-    for rank, token_index in enumerate(shown):
-        axes.text(-0.3, -rank, token_label(explanation.tokens[token_index], programs), ha="right",
-                  va="center", fontsize=7)
+    labels = [token_label(explanation.tokens[token_index], programs) for token_index in shown]
+    font = _label_font(labels)
+    for rank, label in enumerate(labels):
+        axes.text(-0.3, -rank, label, ha="right", va="center", fontsize=7, fontproperties=font)
     for layer in range(layers_count + 1):
         axes.text(layer * 2.0, 1.0, "input" if layer == 0 else f"L{layer}", ha="center", fontsize=8)
     axes.set_xlim(-7.0, layers_count * 2.0 + 0.5)
@@ -218,7 +226,7 @@ def plot_cls_heatmaps(explanation: Explanation, methods: Sequence[str], path: st
         values = explanation.layers[method][:, row, columns][::-1]
         image = axis.imshow(np.nan_to_num(values), aspect="auto", cmap="YlOrRd", interpolation="nearest")
         axis.set_yticks(range(layers_count), [f"L{layers_count - i}" for i in range(layers_count)], fontsize=7)
-        axis.set_xticks(range(len(columns)), labels, rotation=90, fontsize=6)
+        axis.set_xticks(range(len(columns)), labels, rotation=90, fontsize=6, fontproperties=_label_font(labels))
         axis.set_title(f"{METHOD_TITLES[method]}: [CLS] row per layer", fontsize=9)
         figure.colorbar(image, ax=axis, fraction=0.025)
     figure.suptitle(explanation.user_id, fontsize=10)
@@ -242,8 +250,8 @@ def plot_importance(explanation: Explanation, methods: Sequence[str], path: str,
         importance = np.nan_to_num(explanation.importance(method, row))
         top = sorted(programmes, key=lambda i: -importance[i])[:top_tokens][::-1]
         axis.barh(range(len(top)), [importance[i] for i in top], color="tab:orange")
-        axis.set_yticks(range(len(top)), [f"{i}: {token_label(explanation.tokens[i], programs)}" for i in top],
-                        fontsize=7)
+        labels = [f"{i}: {token_label(explanation.tokens[i], programs)}" for i in top]
+        axis.set_yticks(range(len(top)), labels, fontsize=7, fontproperties=_label_font(labels))
         axis.set_title(METHOD_TITLES[method], fontsize=9)
         axis.set_xlabel("importance to [CLS] (last layer)", fontsize=8)
     figure.suptitle(explanation.user_id, fontsize=10)
@@ -392,6 +400,7 @@ def visualize(checkpoint: str, users_path: str, out_dir: str, programs_path: str
               graph_tokens: int = 16, top_edges: int = 3, top_tokens: int = 15, dump: bool = False,
               num_workers: int | None = None) -> dict:
     """Everything the CLI does, with plain arguments; returns the written paths."""
+    from common.checkpoints import CheckpointMismatchError
     from ovt_explain.logs import read_logs
     from ovt_explain.modeling import LoadedClassifier
 
@@ -403,12 +412,20 @@ def visualize(checkpoint: str, users_path: str, out_dir: str, programs_path: str
         raise cli.UserError(f"{users_path}: no users with a history")
     histories = dict(list(histories.items())[:max_users])
     programs = read_program_table(programs_path)
-    classifier = LoadedClassifier(checkpoint)
+    try:
+        classifier = LoadedClassifier(checkpoint)
+    except CheckpointMismatchError as error:
+        raise cli.UserError(str(error)) from None
     rows = None if flow_rows == "all" else (0,)
     explanations = explain_users(classifier, histories, methods, rows, num_workers=num_workers)
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for explanation in explanations:
+        unknown = explanation.tokens.count("[UNK]")
+        if unknown * 2 > len(explanation.tokens) - 2:
+            logging.warning("%s: %d of %d programmes are not in the model's vocabulary ([UNK]): was the model "
+                            "trained on logs of this period?", explanation.user_id, unknown,
+                            len(explanation.tokens) - 2)
         stem = os.path.join(out_dir, _safe_name(explanation.user_id))
         for method in methods:
             plot_attention_graph(explanation, method, f"{stem}_graph_{method}.png", programs, graph_tokens, top_edges)

@@ -171,7 +171,7 @@ def fine_tune(config: dict, strategy=None, progress: bool = True, config_path: s
     import keras
     import tensorflow as tf
 
-    from common.checkpoints import read_model_folder, warm_start, write_model_folder
+    from common.checkpoints import read_model_folder, restore_checkpoint, warm_start, write_model_folder
     from common.config import BertConfig
     from common.finetuning import freeze_encoder
     from common.io_utils import atomic_output, atomic_write_json
@@ -275,7 +275,7 @@ def fine_tune(config: dict, strategy=None, progress: bool = True, config_path: s
     chosen = chosen or tf.train.latest_checkpoint(output_dir)
     if chosen is None:
         raise cli.UserError(f"{output_dir}: no checkpoint to test (do_train is false)")
-    tf.train.Checkpoint(model=model).read(chosen).expect_partial()
+    restore_checkpoint(tf.train.Checkpoint(model=model), chosen)
     logging.info("testing %s", chosen)
 
     # Predictions for every user; metrics on the held-out test split.

@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from common.checkpoints import read_model_folder
+from common.checkpoints import CheckpointMismatchError, read_model_folder, restore_checkpoint
 from common.config import BertConfig
 from common.encoder import BertEncoder
 from common.heads import BertClassifier
@@ -40,11 +40,20 @@ def classifier_from_config(config: BertConfig) -> BertClassifier:
     return BertClassifier(BertEncoder(config), num_labels=len(LABELS))
 
 
+def _mismatch_summary(message: str) -> str:
+    """Each problem group of a CheckpointMismatchError with its first item, for one error line."""
+    lines = [line.strip() for line in message.splitlines()[1:]]
+    groups = [f"{line} {lines[i + 1]}" for i, line in enumerate(lines[:-1]) if line.endswith("):")]
+    return "; ".join(groups) or (lines[0] if lines else message)
+
+
 class LoadedClassifier:
     """A fine-tuned viewed/not_viewed classifier read from a `bert_cls` output folder (or checkpoint)."""
 
     def __init__(self, checkpoint: str):
-        folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint)
+        folder = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(checkpoint) or "."
+        if not os.path.isdir(checkpoint) and not tf.io.gfile.glob(checkpoint + ".index"):
+            raise FileNotFoundError(f"{checkpoint}: neither a bert_cls output folder nor a checkpoint prefix")
         model_folder = read_model_folder(folder)
         path = checkpoint if not os.path.isdir(checkpoint) else model_folder.checkpoint_path
         best = os.path.join(folder, "best")
@@ -63,7 +72,11 @@ class LoadedClassifier:
                                                                       self.config.max_position_embeddings))
         self.model = classifier_from_config(self.config)
         # Every model variable must come from the checkpoint; the optimizer and step are left out.
-        tf.train.Checkpoint(model=self.model).read(path).assert_existing_objects_matched().expect_partial()
+        try:
+            restore_checkpoint(tf.train.Checkpoint(model=self.model), path)
+        except CheckpointMismatchError as error:
+            raise CheckpointMismatchError(f"{checkpoint}: not a viewed/not_viewed classifier written by "
+                                          f"bert_cls ({_mismatch_summary(str(error))})") from None
         self.checkpoint_path = path
 
     def encode(self, histories: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:

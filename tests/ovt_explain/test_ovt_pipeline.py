@@ -151,3 +151,37 @@ def test_html_page_runs_in_headless_chromium_without_console_errors(trained, tmp
     assert any("HARNESS-OK 12 " in line for line in console), console  # 2 users x 3 methods x 2 layers
     assert not [line for line in console if "HARNESS-ERROR" in line or "Uncaught" in line], console
     assert completed.stdout.count('class="tok') > 3  # the script rendered the programmes
+
+
+def test_visualization_names_a_checkpoint_that_is_not_a_classifier(trained, tmp_path):
+    from common.cli import UserError
+    from ovt_explain.attention_visualization import visualize
+
+    users = os.path.join(trained["cls_dir"], "viewed.txt")
+    # The pre-training folder is a model folder too, but has no classification head.
+    with pytest.raises(UserError, match=r"not a viewed/not_viewed classifier written by bert_cls \(missing"):
+        visualize(trained["pre_config"]["output_dir"], users, str(tmp_path / "a"))
+    with pytest.raises(FileNotFoundError, match=r"^nothere: neither a bert_cls output folder"):
+        visualize("nothere", users, str(tmp_path / "b"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_japanese_programme_titles_are_drawn_with_a_cjk_font(tmp_path):
+    from common.plotting import cjk_font_path
+    from ovt_explain.attention_visualization import Explanation, explain_attention, plot_importance
+
+    if cjk_font_path() is None:
+        pytest.skip("no CJK font installed")
+    rng = np.random.default_rng(0)
+    tokens = ["[CLS]", "16278408001", "16278411001", "[SEP]"]
+    attention = rng.random((2, 2, 4, 4))
+    layers, rows = explain_attention(attention / attention.sum(-1, keepdims=True), ("raw",))
+    explanation = Explanation("U1", tokens, [0.3, 0.7], ["not_viewed", "viewed"], layers, rows)
+    pictures = []
+    for title in ("ドラマ", "アニメ"):
+        programs = {token: {"channel": "Ch1", "time": "2021-08-01 18:00", "title": title} for token in tokens[1:3]}
+        path = str(tmp_path / f"{len(pictures)}.png")
+        plot_importance(explanation, ["raw"], path, programs)
+        pictures.append(open(path, "rb").read())
+    # Without a CJK font every missing glyph is the same empty box, so both titles would draw alike.
+    assert pictures[0] != pictures[1]
