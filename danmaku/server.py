@@ -382,6 +382,8 @@ def build_server(model_dir: str, tuned_model_dir: str | None = None, ckpt_name: 
     from common.embeddings import SentenceEncoder, check_strategy
     from danmaku.models import load_model
 
+    if max_batch_size < 1 or num_worker < 1:
+        raise UserError(f"-max_batch_size ({max_batch_size}) and -num_worker ({num_worker}) must be at least 1")
     loaded = load_model(model_dir, tuned_model_dir, ckpt_name, config_name, lowercase=lowercase)
     length = parse_max_seq_len(str(max_seq_len), loaded.config.max_position_embeddings)
     try:

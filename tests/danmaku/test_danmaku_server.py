@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from common.cli import UserError
 from common.embeddings import SentenceEncoder
 from danmaku.client import BertClient, BertClientError
 from danmaku.models import load_model
@@ -220,3 +221,9 @@ def test_bert_as_service_style_arguments():
     argv = ["serve", "-model_dir", "m", "-pooling_layer", "-4", "-3", "-2", "-num_worker=1", "--pooling_layer=-1"]
     assert normalize_argv(argv) == ["serve", "-model_dir", "m", "--pooling_layer=-4,-3,-2", "-num_worker=1",
                                     "--pooling_layer=-1"]
+
+
+@pytest.mark.parametrize("sizes", [dict(num_worker=0), dict(max_batch_size=0)])
+def test_zero_workers_or_batch_size_is_a_user_error_before_the_model_loads(sizes):
+    with pytest.raises(UserError, match="must be at least 1"):
+        build_server("no_such_model_dir", **sizes)
