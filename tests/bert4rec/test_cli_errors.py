@@ -29,9 +29,14 @@ def test_recommend_with_a_wrong_checkpoint_dir():
     assert_one_error_line(result, "./output/nope", "no such directory")
 
 
-def test_recommend_with_a_bad_history(tmp_path):
-    assert_one_error_line(run_cli("bert4rec.recommend", f"--checkpointDir={tmp_path}", "--history=1 two"),
-                          "--history must be item ids")
+def test_recommend_with_a_bad_history_is_a_user_error():
+    from bert4rec.recommend import parse_history
+    from common.cli import UserError
+
+    assert parse_history("12, 7 301") == [12, 7, 301]
+    for text, message in (("1 two", "--history must be item ids"), (" ", "--history is empty")):
+        with pytest.raises(UserError, match=message):  # cli.run turns it into one error: line, exit 1
+            parse_history(text)
 
 
 def test_run_with_a_missing_input_file_and_a_bad_value(tmp_path):
