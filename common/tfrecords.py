@@ -558,23 +558,45 @@ def parse_int_features(serialized, feature_spec: Mapping) -> dict:
     return {name: tf.cast(value, tf.int32) if value.dtype == tf.int64 else value for name, value in parsed.items()}
 
 
-def _expand_file_patterns(file_patterns) -> list[str]:
+RECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tf_record")
+
+
+def output_prefix_of(output_file: str) -> str:
+    """`data/x.tfrecord` -> `data/x`: the prefix whose shards are `data/x-00000-of-00008.tfrecord`, ..."""
+    for suffix in RECORD_SUFFIXES:
+        if output_file.endswith(suffix):
+            return output_file[: -len(suffix)]
+    return output_file
+
+
+def expand_file_patterns(file_patterns, shards: bool = False, error_class: type[Exception] = FileNotFoundError,
+                         what: str = "TFRecord file") -> list[str]:
+    """Comma-separated files or globs (the original scripts' `--input_file` style) -> existing paths, in order.
+
+    With `shards`, a name that is absent but whose shards exist (`x.tfrecord` -> `x-00000-of-00008.tfrecord`, ...,
+    the names `write_sharded` writes) stands for those shards.
+    """
     import glob
 
     if isinstance(file_patterns, (str, os.PathLike)):
         file_patterns = [file_patterns]
     files = []
     for pattern in file_patterns:
-        for part in str(pattern).split(","):  # the original scripts accepted comma-separated lists
+        for part in str(pattern).split(","):
             part = part.strip()
-            if part:
-                matches = sorted(glob.glob(part))
-                if not matches:
-                    raise FileNotFoundError(f"no TFRecord file matches {part!r}")
-                files.extend(matches)
+            if not part:
+                continue
+            matches = sorted(glob.glob(part))
+            if not matches and shards and not glob.has_magic(part):
+                matches = sorted(glob.glob(glob.escape(output_prefix_of(part)) + "-[0-9]*-of-[0-9]*.tfrecord"))
+            if not matches:
+                shard_hint = " (nor its shards <name>-00000-of-0000N.tfrecord)" if shards else ""
+                raise error_class(f"{what}: nothing matches {part!r}{shard_hint}")
+            files.extend(matches)
     if not files:
-        raise FileNotFoundError(f"no TFRecord files given: {file_patterns!r}")
-    return list(dict.fromkeys(files))
+        raise error_class(f"{what}: no file given ({file_patterns!r})")
+    return list(dict.fromkeys(os.path.normpath(path) for path in files))
+
 
 
 def make_dataset(file_patterns, feature_spec: Mapping, batch_size: int, is_training: bool, seed: int | None = None,
@@ -590,7 +612,7 @@ def make_dataset(file_patterns, feature_spec: Mapping, batch_size: int, is_train
     to the pipelines. int64 features are cast to int32.
     """
     tf = _tf()
-    files = _expand_file_patterns(file_patterns)
+    files = expand_file_patterns(file_patterns)
     drop_remainder = is_training if drop_remainder is None else drop_remainder
     repeat = is_training if repeat is None else repeat
     num_pipelines = input_context.num_input_pipelines if input_context is not None else 1
