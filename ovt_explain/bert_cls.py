@@ -194,6 +194,10 @@ def fine_tune(config: dict, strategy=None, progress: bool = True, config_path: s
                                                  if pretrained_folder else None)
     vocab_path = config["vocab_file"] or (pretrained_folder.vocab_path if pretrained_folder else None)
     if not bert_config_path or not vocab_path:
+        if pretrained:
+            raise cli.UserError(f"{config_path}: pretrained_model {pretrained}: not a bert_pretraining output_dir "
+                                f"(no bert_config.json there); for another checkpoint give bert_config and "
+                                f"vocab_file too")
         raise cli.UserError(f"{config_path}: give pretrained_model (a bert_pretraining output_dir) or both "
                             f"bert_config and vocab_file")
     bert_config = BertConfig.from_json_file(bert_config_path)

@@ -50,7 +50,9 @@ def _check_type(value, expected, where: str, key: str):
     if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise UserError(f"{where}: key '{key}' must be an integer, got {value!r}")
     if expected is not int and expected is not Any and not isinstance(value, expected):
-        raise UserError(f"{where}: key '{key}' must be {expected.__name__}, got {value!r}")
+        kind = {float: "a number", bool: "true or false", str: "a string", dict: "an object"}.get(
+            expected, expected.__name__)
+        raise UserError(f"{where}: key '{key}' must be {kind}, got {json.dumps(value)}")
     if expected is float and isinstance(value, bool):
         raise UserError(f"{where}: key '{key}' must be a number, got {value!r}")
     return value

@@ -122,7 +122,7 @@ def test_config_keys_are_checked_with_file_and_line(tmp_path):
     with pytest.raises(UserError, match=r"missing\.json: missing required key 'train_file'"):
         load_config(missing, PRETRAINING_KEYS)
     wrong = write(tmp_path, "wrong.json", '{\n "output_dir": "o",\n "epochs": "3"\n}')
-    with pytest.raises(UserError, match=r"wrong\.json:3: key 'epochs' must be float"):
+    with pytest.raises(UserError, match=r"wrong\.json:3: key 'epochs' must be a number, got \"3\""):
         load_config(wrong, CLS_KEYS, IGNORED_KEYS)
 
 

@@ -185,3 +185,15 @@ def test_japanese_programme_titles_are_drawn_with_a_cjk_font(tmp_path):
         pictures.append(open(path, "rb").read())
     # Without a CJK font every missing glyph is the same empty box, so both titles would draw alike.
     assert pictures[0] != pictures[1]
+
+
+def test_a_wrong_pretrained_model_is_named(tmp_path):
+    from common.cli import UserError
+
+    config = defaults(CLS_KEYS)
+    config.update(train_file=["logs.txt"], target_program=["16278408001"], output_dir=str(tmp_path / "cls"),
+                  pretrained_model=str(tmp_path / "nothere"))
+    with pytest.raises(UserError, match=r"^cls_config\.json: pretrained_model .*nothere: not a bert_pretraining "
+                                        r"output_dir \(no bert_config\.json there\)"):
+        fine_tune(config, config_path="cls_config.json")
+    assert not (tmp_path / "cls").exists()
