@@ -36,9 +36,9 @@ import json  # noqa: E402
 import math  # noqa: E402
 
 import numpy as np  # noqa: E402
-from absl import flags, logging  # noqa: E402
+from absl import logging  # noqa: E402
 
-from ovt_explain.run_config import REQUIRED, Key, load_config, require_one_of  # noqa: E402
+from ovt_explain.run_config import REQUIRED, Key, config_script_main, require_one_of  # noqa: E402
 
 CLS_KEYS = (
     Key("train_dir", str, None, "the paper's layout: a folder of viewed* and not_viewed* log files "
@@ -314,25 +314,7 @@ def fine_tune(config: dict, strategy=None, progress: bool = True, config_path: s
     return results
 
 
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    from common.distribute import strategy_from_flags
-
-    if len(argv) != 2:
-        raise cli.UserError("usage: python -m ovt_explain.bert_cls cls_config.json "
-                            "[--strategy=... --mixed_precision=...]")
-    config = load_config(argv[1], CLS_KEYS, IGNORED_KEYS)
-    fine_tune(config, strategy_from_flags(FLAGS), config_path=argv[1])
-
-
-def _define_flags():
-    from common.distribute import define_strategy_flags
-    define_strategy_flags()
-
-
-_define_flags()
+main = config_script_main("bert_cls", "cls_config.json", CLS_KEYS, IGNORED_KEYS, fine_tune)
 
 if __name__ == "__main__":
     cli.run(main)

@@ -26,9 +26,9 @@ cli.quiet_tensorflow()
 import math  # noqa: E402
 
 import numpy as np  # noqa: E402
-from absl import flags, logging  # noqa: E402
+from absl import logging  # noqa: E402
 
-from ovt_explain.run_config import REQUIRED, Key, load_config  # noqa: E402
+from ovt_explain.run_config import REQUIRED, Key, config_script_main  # noqa: E402
 
 PRETRAINING_KEYS = (
     Key("train_file", "paths", REQUIRED, "viewing logs: one file or a list (JSON object user_id -> "
@@ -216,25 +216,7 @@ def pretrain(config: dict, strategy=None, progress: bool = True, config_path: st
     return summary
 
 
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    from common.distribute import strategy_from_flags
-
-    if len(argv) != 2:
-        raise cli.UserError("usage: python -m ovt_explain.bert_pretraining pretraining_config.json "
-                            "[--strategy=... --mixed_precision=...]")
-    config = load_config(argv[1], PRETRAINING_KEYS, IGNORED_KEYS)
-    pretrain(config, strategy_from_flags(FLAGS), config_path=argv[1])
-
-
-def _define_flags():
-    from common.distribute import define_strategy_flags
-    define_strategy_flags()
-
-
-_define_flags()
+main = config_script_main("bert_pretraining", "pretraining_config.json", PRETRAINING_KEYS, IGNORED_KEYS, pretrain)
 
 if __name__ == "__main__":
     cli.run(main)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from common.cli import UserError
 from common.io_utils import read_json
@@ -117,3 +117,25 @@ def documented_example(keys: Sequence[Key], values: dict) -> dict:
             example[f"//{key.name}"] = key.help + (f" (aliases: {', '.join(key.aliases)})" if key.aliases else "")
             example[key.name] = values[key.name]
     return example
+
+
+def config_script_main(module: str, config_name: str, keys: Sequence[Key], ignored: dict[str, str],
+                       run) -> Callable[[list[str]], None]:
+    """`main(argv)` of a script whose one argument is a config file, plus common's strategy flags
+    (defined now): `run(config, strategy, config_path=...)` does the work."""
+    from absl import flags
+
+    from common.distribute import define_strategy_flags
+
+    define_strategy_flags()
+
+    def main(argv):
+        from common.distribute import strategy_from_flags
+
+        if len(argv) != 2:
+            raise UserError(f"usage: python -m ovt_explain.{module} {config_name} "
+                            f"[--strategy=... --mixed_precision=...]")
+        config = load_config(argv[1], keys, ignored)
+        run(config, strategy_from_flags(flags.FLAGS), config_path=argv[1])
+
+    return main
