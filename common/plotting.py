@@ -93,7 +93,7 @@ def _needs_cjk(strings) -> bool:
     return any(ord(char) > 0x2E7F for text in strings if text is not None for char in str(text))
 
 
-def _text_font(strings):
+def font_for(strings):
     """The CJK font when any string needs it (None keeps matplotlib's default)."""
     return cjk_font() if _needs_cjk(strings) else None
 
@@ -244,7 +244,7 @@ def scatter_2d(points, labels: Sequence | None = None, texts: Sequence[str] | No
     else:
         figure = ax.figure
     strings = [title] + ([] if labels is None else [str(label) for label in labels]) + list(texts or [])
-    font = _text_font(strings)
+    font = font_for(strings)
 
     if labels is None:
         ax.scatter(points[:, 0], points[:, 1], s=point_size, alpha=0.8)
@@ -303,9 +303,9 @@ def plot_curves(history: Mapping[str, Sequence[float]], path: str | os.PathLike 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
-        _set_title(ax, title, _text_font([title]))
+        _set_title(ax, title, font_for([title]))
     if drawn:
-        font = _text_font(list(history))
+        font = font_for(list(history))
         legend_font = font_manager.FontProperties(size=8) if font is None else font.copy()
         legend_font.set_size(8)
         ax.legend(loc="best", prop=legend_font)

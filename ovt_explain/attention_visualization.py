@@ -131,9 +131,9 @@ def _safe_name(user_id: str) -> str:
 
 def _label_font(labels: Sequence[str]):
     """A CJK-capable font when a programme title needs one (real programme tables are Japanese)."""
-    from common.plotting import _text_font
+    from common.plotting import font_for
 
-    return _text_font(labels)
+    return font_for(labels)
 
 
 def _programme_positions(tokens: Sequence[str]) -> list[int]:
