@@ -62,13 +62,21 @@ def _read_data(train_path: str, eval_path: str, encoding: str):
     return train, evaluation, dml_data.collect_labels(train)
 
 
-def _build(strategy, train_texts, learnrate, weightdecay, steps, epochs, make_model, **encoder_kwargs):
+def _build(strategy, train, evaluation, labels, max_seq_length, learnrate, weightdecay, steps, epochs, make_model,
+           print_fn, **encoder_kwargs):
+    """Encoder (pre-trained or from scratch), model, optimizer, and both files' features."""
     with strategy.scope():
-        setup = load_encoder(train_texts=train_texts, **encoder_kwargs)
+        setup = load_encoder(train_texts=train.texts, **encoder_kwargs)
         model = make_model(setup.encoder)
         optimizer = AdamWeightDecay(EpochLinearDecay(learnrate, steps, epochs), weight_decay_rate=weightdecay,
                                     epsilon=1e-6, global_clipnorm=GRADIENT_CLIP_NORM)
-    return setup, model, optimizer
+    max_seq_length = min(max_seq_length, setup.config.max_position_embeddings)
+    tokenizer = setup.tokenizer()
+    train_features = dml_data.encode_texts(tokenizer, train.texts, max_seq_length)
+    eval_features = dml_data.encode_texts(tokenizer, evaluation.texts, max_seq_length)
+    print_fn(f"# train: {len(train)}, eval: {len(evaluation)}, class: {len(labels)}, labels: {labels}, "
+             f"vocab: {len(setup.vocab)}, encoder: {setup.source}")
+    return setup, model, optimizer, max_seq_length, train_features, eval_features
 
 
 def _epoch_batches(make_batches: Callable[[int], list], signature: dict):
@@ -116,16 +124,10 @@ def train_dml(train_path: str, eval_path: str, out: str, *, batchsize: int = 64,
     eval_ids = dml_data.label_ids(evaluation, labels, strict=False)
     steps = steps_per_epoch(triplets_per_epoch, batchsize)
     _prepare_resume(resume, out, start_epoch, steps)
-    setup, model, optimizer = _build(
-        strategy, train.texts, learnrate, weightdecay, steps, epochs, BertDML, preset=preset,
-        init_checkpoint=init_checkpoint, bert_config_file=bert_config_file, vocab_file=vocab_file,
-        vocab_size=vocab_size, lowercase=lowercase)
-    max_seq_length = min(max_seq_length, setup.config.max_position_embeddings)
-    tokenizer = setup.tokenizer()
-    train_features = dml_data.encode_texts(tokenizer, train.texts, max_seq_length)
-    eval_features = dml_data.encode_texts(tokenizer, evaluation.texts, max_seq_length)
-    print_fn(f"# train: {len(train)}, eval: {len(evaluation)}, class: {len(labels)}, labels: {labels}, "
-             f"vocab: {len(setup.vocab)}, encoder: {setup.source}")
+    setup, model, optimizer, max_seq_length, train_features, eval_features = _build(
+        strategy, train, evaluation, labels, max_seq_length, learnrate, weightdecay, steps, epochs, BertDML,
+        print_fn, preset=preset, init_checkpoint=init_checkpoint, bert_config_file=bert_config_file,
+        vocab_file=vocab_file, vocab_size=vocab_size, lowercase=lowercase)
     save_model_folder(out, setup, labels, {
         "kind": "dml", "output_dim": model.output_dense.units, "max_seq_length": max_seq_length,
         "mining": mining, "margin": margin, "batchsize": batchsize, "epoch": epochs, "learnrate": learnrate,
@@ -192,17 +194,11 @@ def train_classifier(train_path: str, eval_path: str, out: str, *, batchsize: in
     per_epoch = min(len(train), max_train_examples or len(train))
     steps = steps_per_epoch(per_epoch, batchsize)
     _prepare_resume(resume, out, start_epoch, steps)
-    setup, model, optimizer = _build(
-        strategy, train.texts, learnrate, weightdecay, steps, epochs,
-        lambda encoder: BertClassifier(encoder, len(labels), dropout=0.1), preset=preset,
+    setup, model, optimizer, max_seq_length, train_features, eval_features = _build(
+        strategy, train, evaluation, labels, max_seq_length, learnrate, weightdecay, steps, epochs,
+        lambda encoder: BertClassifier(encoder, len(labels), dropout=0.1), print_fn, preset=preset,
         init_checkpoint=init_checkpoint, bert_config_file=bert_config_file, vocab_file=vocab_file,
         vocab_size=vocab_size, lowercase=lowercase)
-    max_seq_length = min(max_seq_length, setup.config.max_position_embeddings)
-    tokenizer = setup.tokenizer()
-    train_features = dml_data.encode_texts(tokenizer, train.texts, max_seq_length)
-    eval_features = dml_data.encode_texts(tokenizer, evaluation.texts, max_seq_length)
-    print_fn(f"# train: {len(train)}, eval: {len(evaluation)}, class: {len(labels)}, labels: {labels}, "
-             f"vocab: {len(setup.vocab)}, encoder: {setup.source}")
     save_model_folder(out, setup, labels, {
         "kind": "classified", "num_labels": len(labels), "max_seq_length": max_seq_length,
         "batchsize": batchsize, "epoch": epochs, "learnrate": learnrate, "weightdecay": weightdecay,
