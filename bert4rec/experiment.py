@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -16,7 +17,7 @@ from tqdm.auto import tqdm
 from bert4rec import data as bert4rec_data
 from bert4rec.evaluation import (CandidateSampler, RankingEvaluator, format_original_line,
                                  write_eval_results)
-from bert4rec.model import Bert4Rec, bert4rec_loss
+from bert4rec.model import LENGTH_BUCKETS, Bert4Rec, bert4rec_loss
 from common.checkpoints import load_google_checkpoint, make_checkpoint_manager, restore_latest
 from common.config import BertConfig, BertConfigError
 from common.distribute import is_chief
@@ -101,13 +102,15 @@ def run_training(strategy: tf.distribute.Strategy, settings: RunSettings, train_
                  progress: bool = True, eval_every_steps: int | None = None,
                  eval_input_file: str | None = None, eval_protocols: Sequence[str] = ("pop100",),
                  exclude_history: bool = True, eval_batch_size: int = 256,
-                 on_evaluation=None) -> tuple[Bert4Rec, TrainResult]:
+                 on_evaluation=None, length_buckets: int | None = None) -> tuple[Bert4Rec, TrainResult]:
     """Trains BERT4Rec on the masked TFRecords; resumes from the newest checkpoint in `model_dir`.
 
     With `eval_every_steps`, every test user of `eval_input_file` is ranked under `eval_protocols` every
     that many steps and after the last one: the original's line is printed, and the metrics go to
     `model_dir/eval_history.json` and TensorBoard (`common.training.train`'s evaluation hook);
     `on_evaluation(step, results, seconds)`, if given, sees each one (e.g. to time quality against training).
+    `length_buckets`: see `bert4rec_loss` (None: `LENGTH_BUCKETS`; 0 under TPUStrategy: XLA wants static
+    shapes).
     """
     vocab = bert4rec_data.load_vocab(settings.vocab_filename)
     config = load_checked_config(settings.bert_config_file, vocab, settings.max_seq_length)
@@ -149,7 +152,12 @@ def run_training(strategy: tf.distribute.Strategy, settings: RunSettings, train_
                 print(f"{protocol} at step {step}:\n{format_original_line(metrics)}", flush=True)
             return {f"{protocol}/{name}": value for protocol, metrics in results.items()
                     for name, value in metrics.items() if name != "valid_user"}
-    result = train(strategy, model, optimizer, dataset_fn, bert4rec_loss, num_train_steps, model_dir,
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        length_buckets = 0
+    elif length_buckets is None:
+        length_buckets = LENGTH_BUCKETS
+    loss_fn = functools.partial(bert4rec_loss, length_buckets=length_buckets)
+    result = train(strategy, model, optimizer, dataset_fn, loss_fn, num_train_steps, model_dir,
                    save_checkpoints_steps=save_checkpoints_steps,
                    log_every_steps=max(save_checkpoints_steps // 10, steps_per_execution),
                    steps_per_execution=steps_per_execution, progress=progress, eval_fn=eval_fn,

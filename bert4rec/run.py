@@ -66,6 +66,10 @@ flags.DEFINE_integer("eval_every_steps", None,
 flags.DEFINE_list("eval_every_protocol", ["pop100"], "Protocols of the evaluations during training.")
 flags.DEFINE_integer("random_seed", 12345, "Seed of initialisation, data order and negatives.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
+flags.DEFINE_integer("length_buckets", None,
+                     "Encode each training batch in this many groups of similar history length, each cut to "
+                     "its longest history: same loss and gradients, less attention over padding (1: one "
+                     "group; 0: no cutting; TPU always uses 0; default: bert4rec.model.LENGTH_BUCKETS, 8).")
 define_strategy_flags()
 
 
@@ -98,6 +102,8 @@ def main(argv):
                  "iterations_per_loop", "num_train_steps"):
         if FLAGS[name].value < 1:
             raise cli.UserError(f"--{name} must be >= 1, got {FLAGS[name].value}")
+    if FLAGS.length_buckets is not None and FLAGS.length_buckets < 0:
+        raise cli.UserError(f"--length_buckets must be >= 0, got {FLAGS.length_buckets}")
     if FLAGS.eval_every_steps is not None and FLAGS.eval_every_steps < 1:
         raise cli.UserError(f"--eval_every_steps must be >= 1, got {FLAGS.eval_every_steps}")
     if FLAGS.eval_every_steps and not FLAGS.test_input_file:
@@ -128,7 +134,7 @@ def main(argv):
             init_checkpoint=FLAGS.init_checkpoint, progress=FLAGS.progress,
             eval_every_steps=FLAGS.eval_every_steps, eval_input_file=FLAGS.test_input_file,
             eval_protocols=FLAGS.eval_every_protocol, exclude_history=FLAGS.exclude_history,
-            eval_batch_size=FLAGS.batch_size)
+            eval_batch_size=FLAGS.batch_size, length_buckets=FLAGS.length_buckets)
 
     if FLAGS.do_eval and is_chief(strategy):
         test_file = FLAGS.test_input_file or FLAGS.train_input_file

@@ -8,6 +8,7 @@ from keras import ops
 
 from common.config import BertConfig
 from common.encoder import LAYER_NORM_EPSILON, BertEncoder, get_activation, truncated_normal
+from common.losses import sparse_softmax_cross_entropy
 
 
 def masked_lm_head(encoder: BertEncoder, name: str = "masked_lm_head",
@@ -68,7 +69,7 @@ def masked_lm_loss(logits, masked_lm_ids, masked_lm_weights):
     """Google BERT's MLM loss: per-position cross-entropy averaged over real (weight 1) positions."""
     logits = ops.cast(logits, "float32")
     weights = ops.cast(masked_lm_weights, "float32")
-    per_position = keras.losses.sparse_categorical_crossentropy(masked_lm_ids, logits, from_logits=True)
+    per_position = sparse_softmax_cross_entropy(masked_lm_ids, logits)
     return ops.sum(per_position * weights) / (ops.sum(weights) + 1e-5)
 
 

@@ -128,6 +128,10 @@ class AdamWeightDecay(keras.optimizers.Optimizer):
         return grads
 
     def _all_reduce_sum_gradients(self, grads_and_vars):
+        # Sparse (embedding) gradients go dense first: the update is dense anyway, and the collective
+        # gather of IndexedSlices fails when replicas hold different row counts (per-replica trimmed lengths).
+        grads_and_vars = [(tf.convert_to_tensor(gradient) if isinstance(gradient, tf.IndexedSlices) else gradient,
+                           variable) for gradient, variable in grads_and_vars]
         grads_and_vars = list(super()._all_reduce_sum_gradients(grads_and_vars))
         if not self.global_clipnorm:
             return grads_and_vars

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from common.checkpoints import make_checkpoint_manager, restore_latest
 from common.distribute import distribute_dataset, is_chief
 from common.io_utils import atomic_write_json, read_json
+from common.losses import sparse_softmax_cross_entropy
 from common.optimization import maybe_wrap_for_loss_scaling
 
 
@@ -85,7 +86,7 @@ def _masked_lm_terms(outputs, features):
     logits = ops.cast(outputs["masked_lm_logits"], "float32")
     labels = features["masked_lm_ids"]
     weights = ops.cast(features["masked_lm_weights"], "float32")
-    per_position = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    per_position = sparse_softmax_cross_entropy(labels, logits)
     correct = _correct(logits, labels)
     return (ops.sum(per_position * weights), ops.sum(weights)), (ops.sum(correct * weights), ops.sum(weights))
 

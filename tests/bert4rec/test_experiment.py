@@ -1,7 +1,6 @@
 """BERT4Rec training settings checked on the real model: the 5.0 gradient clip, the weight-decay exclusions,
 and what `--exclude_history=false` excludes when a history is longer than the model's window."""
 
-import os
 
 import keras
 import numpy as np

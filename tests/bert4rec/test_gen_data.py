@@ -314,5 +314,5 @@ def test_script_runs_as_file_from_its_directory_and_as_module(toy_dir, tmp_path)
                              f"--output_dir={tmp_path / 'bad_out'}"], cwd=REPO_ROOT, env=environment,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
-    assert f"bad.txt:2: expected two integers" in result.stderr and "Traceback" not in result.stderr
+    assert "bad.txt:2: expected two integers" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "bad_out").exists() or os.listdir(tmp_path / "bad_out") == []

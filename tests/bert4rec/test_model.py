@@ -17,6 +17,7 @@ from bert4rec.model import (
     make_cross_attention_layer,
 )
 from common.config import BertConfig
+from common.distribute import get_strategy
 from numpy_reference import gelu_erf, layer_norm, softmax
 from common.encoder import make_transformer_layer
 
@@ -363,3 +364,110 @@ def test_item_logits_are_the_head_after_its_gather():
     states = rng.normal(size=(5, 32)).astype(np.float32)
     expected = model.masked_lm(states[None], mask_positions=np.arange(5)[None])[0]
     np.testing.assert_allclose(model.item_logits(states).numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+# ---- the length-bucketed loss --------------------------------------------------------------------
+
+def bucket_features(rng, seq=20, max_predictions=4, vocab_size=40):
+    """Rows of very different history lengths, not in length order: one full window (its real slot at the
+    last position, beyond every other row's length), rows of 1-3 items, rows with no real slot, and a real
+    slot pointing into a row's padding (row 5: two items, a prediction at position 9)."""
+    lengths = [7, seq, 1, 12, 3, 2, 16, 1, 9]
+    positions = [[6, 2, 0, 0], [seq - 1, 0, 5, 0], [0, 0, 0, 0], [11, 4, 0, 0], [1, 0, 0, 0],
+                 [9, 1, 0, 0], [15, 3, 8, 0], [0, 0, 0, 0], [8, 0, 0, 0]]
+    weights = [[1, 1, 0, 0], [1, 1, 0.5, 0], [1, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0],
+               [1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 0]]
+    columns = np.arange(seq)
+    real = columns < np.array(lengths)[:, None]
+    input_ids = np.where(real, rng.integers(1, vocab_size - 1, size=(len(lengths), seq)), 0).astype(np.int32)
+    return {"input_ids": input_ids, "input_mask": real.astype(np.int32),
+            "masked_lm_positions": np.array(positions, np.int32),
+            "masked_lm_ids": rng.integers(1, vocab_size - 1, size=(len(lengths), max_predictions)).astype(np.int32),
+            "masked_lm_weights": np.array(weights, np.float32)}
+
+
+def loss_and_gradients(model, features, loss_fn, **kwargs):
+    with tf.GradientTape() as tape:
+        loss_sum, normalizer = loss_fn(model, features, training=False, **kwargs)
+        loss = loss_sum / normalizer
+    gradients = tape.gradient(loss, model.trainable_variables)
+    return float(loss), [tf.convert_to_tensor(gradient).numpy() for gradient in gradients], float(normalizer)
+
+
+@pytest.mark.parametrize("rows, length_buckets", [(9, 0), (9, 1), (9, 2), (9, 4), (3, 4)])
+def test_bucketed_loss_and_gradients_equal_the_all_slots_computation(rows, length_buckets):
+    """Each length bucket is cut to its own longest history; loss and every gradient must still equal the
+    all-slots computation (a bucket cut too short loses the full row's last slot or row 5's slot in padding)."""
+    keras.utils.set_random_seed(9)
+    model = Bert4Rec(tiny_config())
+    features = {name: value[:rows] for name, value in bucket_features(np.random.default_rng(9)).items()}
+
+    ours, our_gradients, our_normalizer = loss_and_gradients(
+        model, features, bert4rec_loss, length_buckets=length_buckets)
+    reference, reference_gradients, reference_normalizer = loss_and_gradients(
+        model, features, bert4rec_loss_all_slots)
+    assert our_normalizer == reference_normalizer == features["masked_lm_weights"].sum()
+    assert abs(ours - reference) <= 1e-6 * abs(reference)
+    for variable, mine, theirs in zip(model.trainable_variables, our_gradients, reference_gradients):
+        np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-6 * max(1.0, np.abs(theirs).max()),
+                                   err_msg=variable.path)
+    # The full row's last position is used, so that position's embedding gets a gradient.
+    positions = model.encoder.position_embedding.position_embeddings
+    index = [v.path for v in model.trainable_variables].index(positions.path)
+    assert np.abs(reference_gradients[index][19]).max() > 0
+
+
+def test_bucketed_loss_trains_in_a_tf_function_with_dynamic_batch_sizes():
+    """Dropout on, one trace for every batch size, including batches smaller than the bucket count and empty."""
+    keras.utils.set_random_seed(10)
+    model = Bert4Rec(tiny_config(dropout=0.3))
+    features = bucket_features(np.random.default_rng(10))
+    signature = {name: tf.TensorSpec([None, value.shape[1]], tf.as_dtype(value.dtype))
+                 for name, value in features.items()}
+    optimizer = keras.optimizers.Adam(learning_rate=1e-3)
+
+    @tf.function(input_signature=[signature])
+    def train_step(batch):
+        with tf.GradientTape() as tape:
+            loss_sum, normalizer = bert4rec_loss(model, batch, training=True)
+        gradients = tape.gradient(loss_sum, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss_sum, normalizer
+
+    for rows in (9, 3, 1, 0):
+        loss_sum, normalizer = train_step({name: value[:rows] for name, value in features.items()})
+        assert np.isfinite(float(loss_sum)), rows
+        assert float(normalizer) == features["masked_lm_weights"][:rows].sum()
+    assert float(loss_sum) == 0.0  # the empty batch
+
+
+def test_bucketed_loss_under_mixed_precision_matches_float32_closely():
+    features = bucket_features(np.random.default_rng(12))
+    keras.utils.set_random_seed(12)
+    reference = float(bert4rec_loss_all_slots(Bert4Rec(tiny_config()), features, training=False)[0])
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(12)  # the same weights, in float16 compute
+    model = Bert4Rec(tiny_config())
+    loss_sum, _ = tf.function(lambda batch: bert4rec_loss(model, batch, training=True))(features)
+    assert loss_sum.dtype == tf.float32 and np.isfinite(float(loss_sum))
+    assert abs(float(bert4rec_loss(model, features, training=False)[0]) - reference) <= 1e-2 * abs(reference)
+
+
+def test_bucketed_loss_per_replica_under_mirrored_strategy():
+    """Two CPU replicas each bucket their own share of the batch; the summed loss is the all-slots one."""
+    strategy = get_strategy("mirrored")  # one MirroredStrategy per process (tests share it)
+    assert strategy.num_replicas_in_sync == 2
+    features = bucket_features(np.random.default_rng(13))
+    with strategy.scope():
+        keras.utils.set_random_seed(13)
+        model = Bert4Rec(tiny_config())
+    dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices(features).batch(9))
+
+    @tf.function
+    def step(batch):
+        return strategy.run(lambda b: bert4rec_loss(model, b, training=False), args=(batch,))
+
+    loss_sum, normalizer = (strategy.reduce("SUM", value, axis=None) for value in step(next(iter(dataset))))
+    reference_sum, reference_normalizer = bert4rec_loss_all_slots(model, features, training=False)
+    assert float(normalizer) == float(reference_normalizer)
+    np.testing.assert_allclose(float(loss_sum), float(reference_sum), rtol=1e-6)
