@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from common.io_utils import atomic_path
+from common import io_utils
 
 _UINT64_MASK = (1 << 64) - 1
 _PENDING_RECORDS_PER_FLUSH = 1024  # single writes are buffered so that framing stays vectorised
@@ -441,11 +441,10 @@ class TFRecordFileWriter:
 @contextlib.contextmanager
 def atomic_tfrecord_writer(path: str | os.PathLike):
     """A `TFRecordFileWriter` on a temp file that becomes `path` only if the block succeeds (removed otherwise)."""
-    with atomic_path(path) as temp_path:
-        with open(temp_path, "wb") as handle:
-            writer = TFRecordFileWriter(handle)
-            yield writer
-            writer.flush()
+    with io_utils.atomic_output(path, "wb") as handle:
+        writer = TFRecordFileWriter(handle)
+        yield writer
+        writer.flush()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -576,8 +575,6 @@ def expand_file_patterns(file_patterns, shards: bool = False, error_class: type[
     With `shards`, a name that is absent but whose shards exist (`x.tfrecord` -> `x-00000-of-00008.tfrecord`, ...,
     the names `write_sharded` writes) stands for those shards.
     """
-    import glob
-
     if isinstance(file_patterns, (str, os.PathLike)):
         file_patterns = [file_patterns]
     files = []
@@ -586,16 +583,16 @@ def expand_file_patterns(file_patterns, shards: bool = False, error_class: type[
             part = part.strip()
             if not part:
                 continue
-            matches = sorted(glob.glob(part))
-            if not matches and shards and not glob.has_magic(part):
-                matches = sorted(glob.glob(glob.escape(output_prefix_of(part)) + "-[0-9]*-of-[0-9]*.tfrecord"))
+            matches = io_utils.glob(part) if io_utils.has_magic(part) else [part] if io_utils.exists(part) else []
+            if not matches and shards and not io_utils.has_magic(part):
+                matches = io_utils.glob(io_utils.glob_escape(output_prefix_of(part)) + "-[0-9]*-of-[0-9]*.tfrecord")
             if not matches:
                 shard_hint = " (nor its shards <name>-00000-of-0000N.tfrecord)" if shards else ""
                 raise error_class(f"{what}: nothing matches {part!r}{shard_hint}")
             files.extend(matches)
     if not files:
         raise error_class(f"{what}: no file given ({file_patterns!r})")
-    return list(dict.fromkeys(os.path.normpath(path) for path in files))
+    return list(dict.fromkeys(io_utils.normpath(path) for path in files))
 
 
 
