@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing
 import os
 import sys
 import tempfile
-import threading
 import time
 
 if __package__ in (None, ""):  # run as a file (`python bert4rec/gen_data_fin.py`): make `bert4rec` importable
@@ -37,6 +35,7 @@ import numpy as np  # noqa: E402
 from bert4rec import masking  # noqa: E402
 from bert4rec.data import build_vocab, prepare_dataset, read_user_item_file, save_histories, save_vocab  # noqa: E402
 from common.io_utils import atomic_output, atomic_path  # noqa: E402
+from common.parallel import OrderedPool  # noqa: E402
 from common.tfrecords import TFRecordFileWriter  # noqa: E402
 
 CELLS_PER_TASK = 1 << 20  # window positions (instances x max_seq_length) per work unit: vectorises well, bounded memory
@@ -137,27 +136,10 @@ def plan_tasks(window_cells_per_user: np.ndarray, dupe_factor: int, cells_per_ta
     return tasks
 
 
-def _fork_is_safe() -> bool:
-    """Forking (fast: workers inherit the data) copies only the calling thread, so only do it in a plain process.
-
-    With TensorFlow loaded or Python threads running (tests, notebooks, a tqdm monitor), workers are spawned instead.
-    """
-    return sys.platform.startswith("linux") and "tensorflow" not in sys.modules and threading.active_count() == 1
-
-
 def _run_tasks(tasks, pool_size: int, init_args):
     """Results of `masking.run_task` for every task, in task order."""
-    if pool_size <= 1:
-        masking.init_worker(*init_args)
-        try:
-            for task in tasks:
-                yield masking.run_task(task)
-        finally:
-            masking.clear_worker()
-        return
-    context = multiprocessing.get_context("fork" if _fork_is_safe() else "spawn")
-    with context.Pool(pool_size, initializer=masking.init_worker, initargs=init_args) as pool:
-        yield from pool.imap(masking.run_task, tasks)
+    with OrderedPool(pool_size, masking.init_worker, init_args, finalizer=masking.clear_worker) as pool:
+        yield from pool.map(masking.run_task, tasks)
 
 
 def _progress_bar(total: int, enabled: bool):

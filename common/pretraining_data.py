@@ -10,11 +10,14 @@ non-`[CLS]`/`[SEP]` tokens (whole words over `##` pieces with `do_whole_word_mas
 random vocabulary token, 10% unchanged. `next_sentence=False` gives one-segment MLM instances `[CLS] chunk [SEP]`
 (token streams that are not text, such as TV programme ids).
 
-Speed and scale: sentences are tokenized once and kept as one flat id array per block of documents; the per-chunk
-choices are a few scalar draws, and assembly, truncation and masking of all instances of a block are vectorised
-with NumPy. Blocks are independent (see `_block_rng`), so workers process them in parallel and the output is the same
-for any number of workers; the input is streamed block by block, and every output shard (an even share of every
-block) is finally shuffled as a whole.
+Order and scale, as Google's script: all documents are shuffled once (seeded), every dupe pass makes instances from
+every document, a random-next segment comes from any document of the corpus, and all instances end up shuffled.
+So that corpora far larger than memory work, a first pass tokenizes the documents into a token store (one flat id
+array, sentence offsets, document ranges; memory-mapped files when writing); the second pass reads the documents in
+the shuffled order, `documents_per_block` per task. Each task has its own random streams (`_task_rng`), so workers
+share the tasks (`common.parallel.OrderedPool`) and the output is the same for any number of workers; per-chunk
+choices are a few scalar draws, and assembly, truncation and masking of a task's instances are vectorised with
+NumPy. Every output file (an even share of every task) is finally shuffled as a whole.
 """
 
 from __future__ import annotations
@@ -26,23 +29,22 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-import multiprocessing
 import os
 import pickle
 import random
+import shutil
 import struct
 import sys
 import tempfile
-import threading
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from common import io_utils, tfrecords
+from common.parallel import OrderedPool, task_seed
 from common.tokenization import CLS_TOKEN, CONTINUATION_PREFIX, MASK_TOKEN, SEP_TOKEN, UNK_TOKEN, load_vocab
 
-DEFAULT_DOCUMENTS_PER_BLOCK = 256  # blocks are the unit of parallel work and of random-next draws
-_BLOCKS_IN_FLIGHT_PER_WORKER = 2  # bounds memory: the reader never runs further ahead of the workers
+DEFAULT_DOCUMENTS_PER_BLOCK = 256  # documents per unit of parallel work (tokenizing, then making instances)
 
 
 @dataclasses.dataclass
@@ -125,55 +127,128 @@ class _Vocabulary:
         self.is_continuation = np.array([word.startswith(CONTINUATION_PREFIX) for word in self.words], dtype=bool)
 
 
-class _Block:
-    """A block's non-empty documents as one flat id array; sentence k is ids[offsets[k]:offsets[k + 1]]."""
+class TokenStore:
+    """The tokenized corpus, in memory or memory-mapped from a folder (so corpora far larger than memory work).
 
-    def __init__(self, ids: np.ndarray, offsets: list[int], document_sentences: list[tuple[int, int]]):
-        self.ids = ids
-        self.offsets = offsets
-        self.document_sentences = document_sentences  # [first sentence, last sentence + 1) per document
+    `tokens` [T] int32 ids of every kept sentence, one after another; sentence k is
+    `tokens[offsets[k]:offsets[k + 1]]` (`offsets` [S + 1] int64); document d holds sentences
+    `documents[d, 0]` to `documents[d, 1] - 1` (`documents` [D, 2] int64, non-empty documents only, in corpus order).
+    """
+
+    FILES = ("tokens.int32", "offsets.int64", "documents.int64")
+
+    def __init__(self, tokens: np.ndarray, offsets: np.ndarray, documents: np.ndarray):
+        self.tokens, self.offsets, self.documents = tokens, offsets, documents
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.documents)
+
+    @classmethod
+    def open(cls, folder: str) -> "TokenStore":
+        arrays = []
+        for name, dtype in zip(cls.FILES, (np.int32, np.int64, np.int64)):
+            path = os.path.join(folder, name)
+            if os.path.getsize(path) == 0:  # np.memmap refuses empty files
+                arrays.append(np.zeros(0, dtype=dtype))
+            else:
+                arrays.append(np.memmap(path, dtype=dtype, mode="r"))
+        tokens, offsets, documents = arrays
+        return cls(tokens, offsets, documents.reshape(-1, 2))
 
 
-def _tokenize_block(documents: Sequence[Sequence[str]], vocab: _Vocabulary,
-                    tokenize: Callable[[str], list[str]] | None) -> _Block:
+class _TokenStoreWriter:
+    """Appends tokenized blocks to a `TokenStore`'s three files in `folder` (or to memory with `folder=None`)."""
+
+    def __init__(self, folder: str | None):
+        self.folder = folder
+        self.num_tokens = 0
+        self.num_sentences = 0
+        self.num_documents = 0
+        if folder is None:
+            self._parts: tuple[list, list, list] = ([], [np.zeros(1, np.int64)], [])
+        else:
+            self._handles = [open(os.path.join(folder, name), "wb") for name in TokenStore.FILES]
+            self._handles[1].write(np.zeros(1, np.int64).tobytes())
+
+    def append(self, ids: np.ndarray, sentence_lengths: np.ndarray, document_sentences: np.ndarray) -> None:
+        """ids [t] int32; sentence_lengths [s] (all > 0); document_sentences [d] sentences per document (all > 0)."""
+        offsets = self.num_tokens + np.cumsum(sentence_lengths, dtype=np.int64)
+        ends = self.num_sentences + np.cumsum(document_sentences, dtype=np.int64)
+        documents = np.stack([ends - document_sentences, ends], axis=1).astype(np.int64)
+        parts = (ids.astype(np.int32, copy=False), offsets, documents.ravel())
+        if self.folder is None:
+            for collected, part in zip(self._parts, parts):
+                collected.append(part)
+        else:
+            for handle, part in zip(self._handles, parts):
+                handle.write(part.tobytes())
+        self.num_tokens += len(ids)
+        self.num_sentences += len(sentence_lengths)
+        self.num_documents += len(document_sentences)
+
+    def finish(self) -> TokenStore:
+        if self.folder is None:
+            tokens, offsets, documents = (np.concatenate(parts) if parts else np.zeros(0, dtype)
+                                          for parts, dtype in zip(self._parts, (np.int32, np.int64, np.int64)))
+            return TokenStore(tokens, offsets, documents.reshape(-1, 2))
+        for handle in self._handles:
+            handle.close()
+        return TokenStore.open(self.folder)
+
+    def close(self) -> None:
+        if self.folder is not None:
+            for handle in self._handles:
+                handle.close()
+
+
+def _tokenize_documents(documents: Sequence[Sequence[str]], vocab: _Vocabulary,
+                        tokenize: Callable[[str], list[str]] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Documents -> (ids [t] int32, sentence lengths [s], sentences per non-empty document [d])."""
     ids: list[int] = []
-    offsets = [0]
-    document_sentences = []
+    sentence_lengths: list[int] = []
+    document_sentences: list[int] = []
     lookup = vocab.lookup
     for document in documents:
-        first = len(offsets) - 1
+        count = 0
         for sentence in document:
             tokens = tokenize(sentence) if tokenize is not None else sentence.split()
             if tokens:  # Google drops sentences without tokens, then documents without sentences
                 ids.extend(map(lookup, tokens))
-                offsets.append(len(ids))
-        if len(offsets) - 1 > first:
-            document_sentences.append((first, len(offsets) - 1))
-    return _Block(np.array(ids, dtype=np.int32), offsets, document_sentences)
+                sentence_lengths.append(len(tokens))
+                count += 1
+        if count:
+            document_sentences.append(count)
+    return (np.array(ids, dtype=np.int32), np.array(sentence_lengths, dtype=np.int64),
+            np.array(document_sentences, dtype=np.int64))
 
 
-_SEGMENTING, _MASKING, _SHARDING = 0, 1, 2  # what a block's random numbers are for
+_PERMUTATION, _SEGMENTING, _MASKING, _SHARDING = 0, 1, 2, 3  # what a random stream is for
 
 
-def _block_rng(settings: InstanceSettings, block_index: int, purpose: int,
-               pass_index: int = 0) -> np.random.SeedSequence:
-    # Deviation from Google, to stream and to parallelise: every block of `documents_per_block` documents has its own
-    # RNGs derived from (seed, block, dupe pass), random-next segments come from another document of the same block,
-    # and instances are shuffled within their block, then within their output shard (Google shuffles globally).
-    return np.random.SeedSequence([settings.random_seed, block_index, purpose, pass_index])
+def _document_order(settings: InstanceSettings, num_documents: int) -> np.ndarray:
+    """Google's `rng.shuffle(all_documents)`: one seeded permutation of every document of the corpus."""
+    return np.random.default_rng(task_seed(settings.random_seed, _PERMUTATION)).permutation(num_documents)
 
 
-def _segment_pass(block: _Block, settings: InstanceSettings,
+def _task_rng(settings: InstanceSettings, task_index: int, purpose: int, pass_index: int = 0) -> np.random.SeedSequence:
+    # Deviation from Google's one sequential stream, to parallelise: each task (`documents_per_block` consecutive
+    # documents of the shuffled order) has its own random streams per (seed, task, purpose, dupe pass), so the output
+    # is the same for any number of workers. Random-next documents are still drawn from the whole corpus.
+    return task_seed(settings.random_seed, task_index, purpose, pass_index)
+
+
+def _segment_pass(store: TokenStore, document_ids: Sequence[int], settings: InstanceSettings,
                   rng: random.Random) -> list[tuple[int, int, int, int, bool]]:
-    """One dupe pass over a block: per instance (a_start, a_end, b_start, b_end, is_random_next), untrimmed."""
-    offsets = block.offsets
-    documents = block.document_sentences
+    """One dupe pass over some documents: per instance (a_start, a_end, b_start, b_end, is_random_next) in the
+    store's token coordinates, untrimmed (Google's `create_instances_from_document`)."""
+    all_offsets, documents = store.offsets, store.documents
     num_documents = len(documents)
     max_num_tokens = settings.max_num_tokens
     short_seq_prob = settings.short_seq_prob
     pairs = settings.next_sentence
     if pairs and num_documents < 2:
-        raise ValueError("next-sentence instances need at least 2 non-empty documents in a block "
+        raise ValueError("next-sentence instances need at least 2 non-empty documents "
                          f"(got {num_documents}); give more documents or use next_sentence=False")
     uniform = rng.random
 
@@ -181,15 +256,18 @@ def _segment_pass(block: _Block, settings: InstanceSettings,
         return low + int(uniform() * (high - low + 1))
 
     spans = []
-    for document_index, (first, end) in enumerate(documents):
+    for document_index in document_ids:
+        first, end = (int(value) for value in documents[document_index])
+        offsets = all_offsets[first:end + 1].tolist()  # this document's sentence k: offsets[k]:offsets[k + 1]
+        num_sentences = end - first
         target = max_num_tokens
         if uniform() < short_seq_prob:
             target = randint(2, max_num_tokens)
-        chunk_first = first
-        while chunk_first < end:
+        chunk_first = 0
+        while chunk_first < num_sentences:
             # The chunk: whole sentences until `target` tokens are reached or the document ends.
-            last = bisect.bisect_left(offsets, offsets[chunk_first] + target, chunk_first + 1, end + 1) - 1
-            last = min(last, end - 1)
+            last = bisect.bisect_left(offsets, offsets[chunk_first] + target, chunk_first + 1, num_sentences + 1) - 1
+            last = min(last, num_sentences - 1)
             chunk_sentences = last - chunk_first + 1
             if not pairs:
                 spans.append((offsets[chunk_first], offsets[last + 1], 0, 0, False))
@@ -198,16 +276,20 @@ def _segment_pass(block: _Block, settings: InstanceSettings,
             a_sentences = randint(1, chunk_sentences - 1) if chunk_sentences >= 2 else 1
             a_start, a_end = offsets[chunk_first], offsets[chunk_first + a_sentences]
             if chunk_sentences == 1 or uniform() < 0.5:
-                other = randint(0, num_documents - 2)  # uniform over the other documents: never this one
-                other += other >= document_index
-                other_first, other_end = documents[other]
+                for _ in range(10):  # any document of the corpus; Google retries 10 times to avoid this one
+                    other = randint(0, num_documents - 1)
+                    if other != document_index:
+                        break
+                other_first, other_end = (int(value) for value in documents[other])
                 start_sentence = randint(other_first, other_end - 1)
-                b_start = offsets[start_sentence]
-                # Whole sentences from there until B reaches target - len(A) tokens (at least one sentence).
-                b_last = bisect.bisect_left(offsets, b_start + target - (a_end - a_start), start_sentence + 1,
-                                            other_end + 1) - 1
-                b_last = max(start_sentence, min(b_last, other_end - 1))
-                spans.append((a_start, a_end, b_start, offsets[b_last + 1], True))
+                # Whole sentences from there until B reaches target - len(A) tokens (at least one sentence); each
+                # sentence has a token, so no more than that many sentences are read.
+                target_b = target - (a_end - a_start)
+                stop = min(other_end, start_sentence + max(target_b, 1))
+                b_offsets = all_offsets[start_sentence:stop + 1]
+                b_start = int(b_offsets[0])
+                b_sentences = min(int(np.searchsorted(b_offsets[1:], b_start + target_b)), len(b_offsets) - 2) + 1
+                spans.append((a_start, a_end, b_start, int(b_offsets[b_sentences]), True))
                 chunk_first += a_sentences  # the unused sentences are put back
             else:
                 spans.append((a_start, a_end, a_end, offsets[last + 1], False))
@@ -243,7 +325,7 @@ class _InstanceArrays:
         return _InstanceArrays(*(getattr(self, field.name)[order] for field in dataclasses.fields(self)))
 
 
-def _assemble(block: _Block, spans: np.ndarray, settings: InstanceSettings, np_rng: np.random.Generator,
+def _assemble(tokens: np.ndarray, spans: np.ndarray, settings: InstanceSettings, np_rng: np.random.Generator,
               vocab: _Vocabulary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Trims the spans and lays out `[CLS] A [SEP] B [SEP]` (or `[CLS] A [SEP]`): ids, lengths, segment ids."""
     a_start, a_end, b_start, b_end = (spans[:, column].astype(np.int64) for column in range(4))
@@ -265,8 +347,10 @@ def _assemble(block: _Block, spans: np.ndarray, settings: InstanceSettings, np_r
     in_b = column > la
     source = column + np.where(in_b, (b_start - length_a - 2).astype(np.int32)[:, None],
                                (a_start - 1).astype(np.int32)[:, None])
-    source[(column == 0) | (column == la + 1) | (column >= end - (1 if pairs else 0))] = len(block.ids)
-    ids = np.append(block.ids, np.int32(0))[source]
+    not_token = (column == 0) | (column == la + 1) | (column >= end - (1 if pairs else 0))
+    source[not_token] = 0
+    ids = np.asarray(tokens[source], dtype=np.int32)  # a gather: only the pages of a memory-mapped store it needs
+    ids[not_token] = 0
     ids[:, 0] = vocab.cls_id
     ids[rows, length_a + 1] = vocab.sep_id
     if pairs:
@@ -354,26 +438,30 @@ def _mask(ids: np.ndarray, lengths: np.ndarray, settings: InstanceSettings, np_r
     return positions, labels, counts
 
 
-def _block_instances(documents: Sequence[Sequence[str]], block_index: int, settings: InstanceSettings,
-                     vocab: _Vocabulary, tokenize) -> tuple[_InstanceArrays, int]:
-    """All dupe passes of one block, shuffled within the block; and the number of non-empty documents."""
-    block = _tokenize_block(documents, vocab, tokenize)
-    if not block.document_sentences:
-        empty = np.zeros((0, settings.max_seq_length), dtype=np.int32)
-        empty_predictions = np.zeros((0, settings.max_predictions_per_seq), dtype=np.int32)
-        return _InstanceArrays(empty, np.zeros(0, np.int64), empty.astype(np.int8), np.zeros(0, bool),
-                               empty_predictions, empty_predictions.copy(), np.zeros(0, np.int64)), 0
+def _empty_instances(settings: InstanceSettings) -> _InstanceArrays:
+    empty = np.zeros((0, settings.max_seq_length), dtype=np.int32)
+    empty_predictions = np.zeros((0, settings.max_predictions_per_seq), dtype=np.int32)
+    return _InstanceArrays(empty, np.zeros(0, np.int64), empty.astype(np.int8), np.zeros(0, bool),
+                           empty_predictions, empty_predictions.copy(), np.zeros(0, np.int64))
+
+
+def _task_instances(store: TokenStore, document_ids: np.ndarray, task_index: int, settings: InstanceSettings,
+                    vocab: _Vocabulary) -> _InstanceArrays:
+    """All dupe passes over some documents of the shuffled order, shuffled among themselves."""
     spans = []
     for pass_index in range(settings.dupe_factor):
-        seed = _block_rng(settings, block_index, _SEGMENTING, pass_index).generate_state(4)
-        spans.extend(_segment_pass(block, settings, random.Random(int.from_bytes(seed.tobytes(), "little"))))
+        seed = _task_rng(settings, task_index, _SEGMENTING, pass_index).generate_state(4)
+        spans.extend(_segment_pass(store, document_ids.tolist(), settings,
+                                   random.Random(int.from_bytes(seed.tobytes(), "little"))))
+    if not spans:
+        return _empty_instances(settings)
     span_array = np.array([span[:4] for span in spans], dtype=np.int64).reshape(-1, 4)
     is_random_next = np.array([span[4] for span in spans], dtype=bool)
-    np_rng = np.random.default_rng(_block_rng(settings, block_index, _MASKING))
-    ids, lengths, segment_ids = _assemble(block, span_array, settings, np_rng, vocab)
+    np_rng = np.random.default_rng(_task_rng(settings, task_index, _MASKING))
+    ids, lengths, segment_ids = _assemble(store.tokens, span_array, settings, np_rng, vocab)
     positions, labels, counts = _mask(ids, lengths, settings, np_rng, vocab)
     instances = _InstanceArrays(ids, lengths, segment_ids, is_random_next, positions, labels, counts)
-    return instances.take(np_rng.permutation(len(instances))), len(block.document_sentences)
+    return instances.take(np_rng.permutation(len(instances)))
 
 
 # ---- streaming documents in blocks -----------------------------------------------------------------------------
@@ -397,19 +485,19 @@ def _check_document(document, index: int) -> list[str]:
 
 
 def _iter_blocks(documents, documents_per_block: int) -> Iterator[list[list[str]]]:
-    """Consecutive blocks of documents; a last block under half the size is merged into the one before it."""
+    """Consecutive blocks of documents, the units of tokenization work."""
     iterator = (_check_document(document, index) for index, document in enumerate(_iter_documents(documents)))
-    pending = None
     while True:
         block = list(itertools.islice(iterator, documents_per_block))
-        if pending is not None and len(block) < max(2, documents_per_block // 2):
-            yield pending + block  # a tiny tail would leave random-next segments few documents to come from
-            return
-        if pending is not None:
-            yield pending
         if not block:
             return
-        pending = block
+        yield block
+
+
+def _task_documents(order: np.ndarray, documents_per_block: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(task index, document ids): consecutive stretches of the shuffled document order."""
+    for task_index, begin in enumerate(range(0, len(order), documents_per_block)):
+        yield task_index, order[begin:begin + documents_per_block]
 
 
 # ---- the public API ------------------------------------------------------------------------------------------
@@ -436,10 +524,15 @@ def create_training_instances(documents: Iterable[Sequence[str]], vocab_words: S
     settings = _settings(max_seq_length, dupe_factor, short_seq_prob, masked_lm_prob, max_predictions_per_seq,
                          random_seed, next_sentence, do_whole_word_mask, documents_per_block)
     vocab = _Vocabulary(vocab_words)
+    writer = _TokenStoreWriter(None)
+    for block in _iter_blocks(documents, settings.documents_per_block):
+        writer.append(*_tokenize_documents(block, vocab, tokenize))
+    store = writer.finish()
     instances = []
-    for block_index, block_documents in enumerate(_iter_blocks(documents, settings.documents_per_block)):
-        arrays, _ = _block_instances(block_documents, block_index, settings, vocab, tokenize)
-        instances.extend(_to_training_instances(arrays, vocab))
+    for task_index, document_ids in _task_documents(_document_order(settings, store.num_documents),
+                                                    settings.documents_per_block):
+        instances.extend(_to_training_instances(_task_instances(store, document_ids, task_index, settings, vocab),
+                                                vocab))
     # All instances in one random order, as Google's script leaves them.
     rng = np.random.default_rng(np.random.SeedSequence([settings.random_seed], spawn_key=(2,)))
     order = rng.permutation(len(instances))
@@ -529,22 +622,31 @@ def make_pretraining_dataset(file_patterns, batch_size: int, max_seq_length: int
 _worker_state: dict = {}
 
 
-def _init_worker(vocab_words, tokenize, settings: InstanceSettings, num_shards: int) -> None:
-    _worker_state.update(vocab=_Vocabulary(vocab_words), tokenize=tokenize, settings=settings, num_shards=num_shards)
+def _init_worker(vocab_words, tokenize, settings: InstanceSettings, num_shards: int, store_folder: str) -> None:
+    _worker_state.update(vocab=_Vocabulary(vocab_words), tokenize=tokenize, settings=settings, num_shards=num_shards,
+                         store_folder=store_folder, store=None)
 
 
-def _write_block_task(task) -> dict:
-    """A block -> its instances serialized and framed per shard, and its statistics (runs in a worker)."""
-    block_index, documents = task
+def _tokenize_task(documents: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First pass (runs in a worker): a block of documents -> its token ids and sentence/document lengths."""
+    return _tokenize_documents(documents, _worker_state["vocab"], _worker_state["tokenize"])
+
+
+def _write_task(task) -> dict:
+    """Second pass (runs in a worker): some documents of the shuffled order -> their instances serialized and
+    framed per shard, and their statistics."""
+    task_index, document_ids = task
     settings, vocab, num_shards = _worker_state["settings"], _worker_state["vocab"], _worker_state["num_shards"]
-    arrays, num_documents = _block_instances(documents, block_index, settings, vocab, _worker_state["tokenize"])
+    if _worker_state["store"] is None:  # opened once per worker, after the first pass wrote it
+        _worker_state["store"] = TokenStore.open(_worker_state["store_folder"])
+    arrays = _task_instances(_worker_state["store"], document_ids, task_index, settings, vocab)
     framed = []
     if len(arrays):
-        # Shards take the block's (shuffled) instances in turn from a seeded start: balanced and worker-independent.
-        shard_rng = np.random.default_rng(_block_rng(settings, block_index, _SHARDING))
+        # Shards take the task's (shuffled) instances in turn from a seeded start: balanced and worker-independent.
+        shard_rng = np.random.default_rng(_task_rng(settings, task_index, _SHARDING))
         start = int(shard_rng.integers(num_shards))
         shard_of = (start + np.arange(len(arrays))) % num_shards
-        by_shard = np.argsort(shard_of, kind="stable")  # each shard's records contiguous, in block order
+        by_shard = np.argsort(shard_of, kind="stable")  # each shard's records contiguous, in task order
         records = tfrecords.serialize_examples(_arrays_to_features(arrays.take(by_shard), settings.max_seq_length))
         record_ends = np.cumsum(records.lengths)
         first = 0
@@ -556,58 +658,10 @@ def _write_block_task(task) -> dict:
                 framed.append((shard, tfrecords.frame_records(shard_records), count))
                 first += count
     valid = np.arange(arrays.masked_lm_ids.shape[1])[None, :] < arrays.masked_lm_counts[:, None]
-    return {"framed": framed, "documents": num_documents, "instances": len(arrays),
+    return {"framed": framed, "documents": len(document_ids), "instances": len(arrays),
             "masked_tokens": int(arrays.masked_lm_counts.sum()),
             "masked_unk": int(((arrays.masked_lm_ids == vocab.unk_id) & valid).sum()),
             "random_next": int(arrays.is_random_next.sum()), "tokens": int(arrays.lengths.sum())}
-
-
-# common.cli's stderr filter thread only calls os.read/os.write (no locks a forked child could inherit held).
-_FORK_SAFE_THREADS = ("bertsuite-stderr-filter",)
-
-
-def _fork_is_safe() -> bool:
-    """Forking copies only the calling thread: only do it with TensorFlow unloaded and no other threads running."""
-    others = [thread for thread in threading.enumerate()
-              if thread is not threading.main_thread() and thread.name not in _FORK_SAFE_THREADS]
-    return sys.platform.startswith("linux") and "tensorflow" not in sys.modules and not others
-
-
-@contextlib.contextmanager
-def _worker_pool(num_workers: int, init_args):
-    """A process pool whose workers hold the vocabulary and settings, or None to work in this process."""
-    if num_workers <= 1:
-        _init_worker(*init_args)
-        try:
-            yield None
-        finally:
-            _worker_state.clear()
-        return
-    context = multiprocessing.get_context("fork" if _fork_is_safe() else "spawn")
-    pool = context.Pool(num_workers, initializer=_init_worker, initargs=init_args)
-    try:
-        yield pool
-        pool.close()  # workers finish and exit normally
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
-
-
-def _run_ordered(pool, tasks: Iterable, num_workers: int) -> Iterator[dict]:
-    """`_write_block_task` of every task, in task order, with at most a few blocks read ahead."""
-    if pool is None:
-        for task in tasks:
-            yield _write_block_task(task)
-        return
-    pending = collections.deque()
-    for task in tasks:
-        pending.append(pool.apply_async(_write_block_task, (task,)))
-        if len(pending) >= _BLOCKS_IN_FLIGHT_PER_WORKER * num_workers:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
 
 
 def _progress_bar(enabled: bool, total: int | None = None, unit: str = "doc", desc: str = "pre-training data"):
@@ -641,21 +695,49 @@ def _shuffled_frames(framed: bytes, rng: np.random.Generator) -> tuple[bytes, in
     return b"".join(view[start:end] for start, end in zip(starts[order].tolist(), ends[order].tolist())), len(starts)
 
 
-def write_pretraining_data(documents, output_prefix: str, vocab_file: str, *, tokenize=None, num_shards: int = 1,
-                           num_workers: int | None = None, progress: bool = True, shuffle: bool = True,
-                           **instance_kwargs) -> dict:
-    """Writes pre-training instances of `documents` to `{output_prefix}-{i:05d}-of-{n:05d}.tfrecord`, i < num_shards.
+def output_paths(output, num_shards: int = 1) -> list[str]:
+    """The files `write_pretraining_data` writes: a list (or Google's comma-separated `--output_file` string with a
+    comma) as given, else `{output}-{i:05d}-of-{num_shards:05d}.tfrecord` for i < num_shards."""
+    if isinstance(output, str) and "," in output:
+        output = output.split(",")
+    if isinstance(output, (list, tuple)):
+        paths = [os.fspath(path).strip() for path in output if os.fspath(path).strip()]
+        if not paths:
+            raise ValueError("no output file given")
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"output files repeat: {paths}")
+        return paths
+    return tfrecords.sharded_paths(output, num_shards)
 
-    `documents`: an iterable of documents (each a sequence of sentence strings), or a callable returning one; it is
-    read block by block (`documents_per_block`), so a corpus larger than memory works. Blocks are processed by
-    `num_workers` processes (default: all cores); the files are the same for any number of workers and appear only
-    when complete. Every block's instances are dealt evenly to the shards; with `shuffle` each shard is then
-    permuted as a whole (in memory, one shard at a time: choose `num_shards` so that one fits), so that training
-    does not meet the corpus in its file order (Google shuffles all instances). `tokenize` must be picklable (a
-    module-level function or a tokenizer's bound method) when workers are used. `instance_kwargs` are
+
+def _work_folder(paths: list[str], temp_dir: str | None) -> str:
+    """Where the token store and unshuffled spill files go: `temp_dir`, else beside a local output (same disk)."""
+    if temp_dir is None:
+        temp_dir = None if io_utils.is_remote(paths[0]) else io_utils.dirname(paths[0])
+    if temp_dir is not None:
+        os.makedirs(temp_dir, exist_ok=True)
+    return tempfile.mkdtemp(prefix=".pretraining-data-", dir=temp_dir)
+
+
+def write_pretraining_data(documents, output_prefix, vocab_file: str, *, tokenize=None, num_shards: int = 1,
+                           num_workers: int | None = None, progress: bool = True, shuffle: bool = True,
+                           temp_dir: str | None = None, **instance_kwargs) -> dict:
+    """Writes pre-training instances of `documents` to `{output_prefix}-{i:05d}-of-{n:05d}.tfrecord`, i < num_shards,
+    or to exactly the files of a list (or comma-separated string) `output_prefix` (Google's `--output_file`).
+
+    `documents`: an iterable of documents (each a sequence of sentence strings), or a callable returning one. As
+    Google's script: all documents are shuffled (seeded), each dupe pass makes instances from every document, and a
+    random-next segment comes from any document of the corpus. For corpora larger than memory, a first pass
+    tokenizes the documents block by block into a memory-mapped token store (a temp folder in `temp_dir`, default
+    beside the outputs, removed at the end); the second pass makes the instances of `documents_per_block` documents
+    of the shuffled order per task. `num_workers` processes (default: all cores) share both passes; the files are
+    the same for any number of workers and appear only when complete. Every task's instances are dealt evenly to
+    the files; with `shuffle` each file is then permuted as a whole (in memory, one file at a time: choose
+    `num_shards` so that one fits), as Google shuffles all instances. `tokenize` must be picklable (a module-level
+    function or a tokenizer's bound method) when workers are used. `instance_kwargs` are
     `create_training_instances`'s. Returns the statistics: documents, instances, masked_tokens, masked_unk_share
     (share of masked tokens that are [UNK]), random_next_share, mean_tokens (per instance, [CLS]/[SEP] included),
-    files.
+    store_tokens, files.
     """
     settings = _settings(**instance_kwargs)
     vocab_words = [token for token, _ in sorted(load_vocab(vocab_file).items(), key=lambda item: item[1])]
@@ -667,42 +749,56 @@ def write_pretraining_data(documents, output_prefix: str, vocab_file: str, *, to
         except Exception as error:  # noqa: BLE001 - any pickling failure means the same thing here
             raise ValueError(f"tokenize must be picklable to run {num_workers} workers ({error}); "
                              "pass a module-level function or use num_workers=1") from None
-    paths = tfrecords.sharded_paths(output_prefix, num_shards)
+    paths = output_paths(output_prefix, num_shards)
+    num_shards = len(paths)
     totals = collections.Counter()
-    tasks = enumerate(_iter_blocks(documents, settings.documents_per_block))
-    first_tasks = list(itertools.islice(tasks, 2))
-    if len(first_tasks) < 2:
+    blocks = _iter_blocks(documents, settings.documents_per_block)
+    first_blocks = list(itertools.islice(blocks, 2))
+    if len(first_blocks) < 2:
         num_workers = 1  # a single block: worker processes would only add their start-up
-    tasks = itertools.chain(first_tasks, tasks)
+    blocks = itertools.chain(first_blocks, blocks)
+    work = _work_folder(paths, temp_dir)
     with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
         # The pool first: forking is only safe before the progress bar starts its monitor thread.
-        pool = stack.enter_context(_worker_pool(num_workers, (vocab_words, tokenize, settings, num_shards)))
-        if shuffle:  # block-ordered spill files beside the outputs, shuffled into them below
-            spills = []
-            stack.callback(lambda: [os.remove(spill) for spill in spills if os.path.exists(spill)])
-            for path in paths:
-                directory = os.path.dirname(os.path.abspath(path))
-                os.makedirs(directory, exist_ok=True)
-                descriptor, spill = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".unshuffled",
-                                                     dir=directory)
-                os.close(descriptor)
-                spills.append(spill)
-        else:
-            spills = [stack.enter_context(io_utils.atomic_path(path)) for path in paths]
-        handles = [stack.enter_context(open(spill, "wb")) for spill in spills]
-        writers = [tfrecords.TFRecordFileWriter(handle) for handle in handles]
+        pool = stack.enter_context(OrderedPool(
+            num_workers, _init_worker, (vocab_words, tokenize, settings, num_shards, work),
+            finalizer=_worker_state.clear))
         total = len(documents) if isinstance(documents, collections.abc.Sized) else None
-        bar = stack.enter_context(_progress_bar(progress, total))
-        for result in _run_ordered(pool, tasks, num_workers):
-            for shard, framed, count in result.pop("framed"):
-                writers[shard].write_framed(framed, count)
-            totals.update(result)
-            if bar is not None:
-                bar.update(result["documents"])
-                bar.set_postfix(instances=totals["instances"], refresh=False)
-        for handle in handles:
-            handle.close()
+        store_writer = _TokenStoreWriter(work)
+        with _progress_bar(progress, total, desc="tokenizing") as bar:
+            try:
+                for ids, sentence_lengths, document_sentences in pool.map(_tokenize_task, blocks):
+                    store_writer.append(ids, sentence_lengths, document_sentences)
+                    if bar is not None:
+                        bar.update(settings.documents_per_block)
+            finally:
+                store_writer.close()
+        store = store_writer.finish()
+        if pool.num_workers <= 1:
+            _worker_state["store"] = store
+        if settings.next_sentence and store.num_documents < 2:
+            raise ValueError(f"next-sentence instances need at least 2 non-empty documents (got "
+                             f"{store.num_documents}); give more documents or use next_sentence=False")
+
+        if shuffle:  # task-ordered spill files, shuffled into the outputs below
+            spills = [os.path.join(work, f"shard-{shard:05d}.unshuffled") for shard in range(num_shards)]
+            handles = [stack.enter_context(open(spill, "wb")) for spill in spills]
+        else:
+            handles = [stack.enter_context(io_utils.atomic_output(path, "wb")) for path in paths]
+        writers = [tfrecords.TFRecordFileWriter(handle) for handle in handles]
+        tasks = _task_documents(_document_order(settings, store.num_documents), settings.documents_per_block)
+        with _progress_bar(progress, store.num_documents) as bar:
+            for result in pool.map(_write_task, tasks):
+                for shard, framed, count in result.pop("framed"):
+                    writers[shard].write_framed(framed, count)
+                totals.update(result)
+                if bar is not None:
+                    bar.update(result["documents"])
+                    bar.set_postfix(instances=totals["instances"], refresh=False)
         if shuffle:
+            for handle in handles:
+                handle.close()
             with contextlib.ExitStack() as outputs:
                 shard_bar = outputs.enter_context(_progress_bar(progress and num_shards > 1, num_shards, "shard",
                                                                 "shuffling shards"))
@@ -717,11 +813,11 @@ def write_pretraining_data(documents, output_prefix: str, vocab_file: str, *, to
                     if shard_bar is not None:
                         shard_bar.update(1)
     masked = totals["masked_tokens"]
-    stats = {"documents": totals["documents"], "instances": totals["instances"], "masked_tokens": masked,
+    stats = {"documents": store.num_documents, "instances": totals["instances"], "masked_tokens": masked,
              "masked_unk_share": totals["masked_unk"] / masked if masked else 0.0,
              "random_next_share": totals["random_next"] / totals["instances"] if totals["instances"] else 0.0,
              "mean_tokens": totals["tokens"] / totals["instances"] if totals["instances"] else 0.0,
-             "files": paths}
+             "store_tokens": len(store.tokens), "files": paths}
     logging.info("pre-training data: %d documents -> %d instances in %d files, %d masked tokens ([UNK] %.2f%%)",
                  stats["documents"], stats["instances"], num_shards, masked, 100 * stats["masked_unk_share"])
     return stats

@@ -1,7 +1,8 @@
 """Danmaku (bullet comment) corpora: documents of comments, streamed from text or CSV files.
 
 Two layouts:
-- `txt`: one comment a line; a blank line ends a document (one video or one live stream).
+- `txt`: one comment a line; a blank line ends a document (one video or one live stream). As in Google's
+  reader, only blank lines end documents: a document runs on from the end of one file into the next.
 - `csv`: the public danmaku dumps, `text,video_seconds,YYYY-MM-DD HH:MM:SS` a line, one document a file.
   The text may itself contain commas, so a line is split at its last two commas. A first line
   whose second field is not a number (a header) is skipped.
@@ -15,10 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import glob
 import os
 from typing import Callable, Iterator, Sequence
 
+from common import io_utils
 from common.cli import UserError
 from common.tokenization import UNK_TOKEN
 
@@ -53,10 +54,10 @@ def expand_input_files(patterns: str | Sequence[str]) -> list[str]:
             part = part.strip()
             if not part:
                 continue
-            matches = sorted(glob.glob(part)) if glob.has_magic(part) else [part]
-            if not matches or not all(os.path.isfile(match) for match in matches):
-                missing = part if not matches else next(m for m in matches if not os.path.isfile(m))
-                raise CorpusError(f"{missing}: no such input file" if not glob.has_magic(part)
+            matches = io_utils.glob(part) if io_utils.has_magic(part) else [part]
+            if not matches or not all(io_utils.isfile(match) for match in matches):
+                missing = part if not matches else next(m for m in matches if not io_utils.isfile(m))
+                raise CorpusError(f"{missing}: no such input file" if not io_utils.has_magic(part)
                                   else f"{part}: no input file matches this pattern")
             files.extend(matches)
     if not files:
@@ -65,7 +66,7 @@ def expand_input_files(patterns: str | Sequence[str]) -> list[str]:
 
 
 def _decoded_lines(path: str) -> Iterator[tuple[int, str]]:
-    with open(path, "rb") as handle:
+    with io_utils.open_file(path, "rb") as handle:
         for line_number, raw in enumerate(handle, start=1):
             try:
                 text = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
@@ -74,17 +75,24 @@ def _decoded_lines(path: str) -> Iterator[tuple[int, str]]:
             yield line_number, text.rstrip("\r\n")
 
 
-def read_txt_documents(path: str) -> Iterator[tuple[int, list[tuple[int, str]]]]:
-    """Yields (first line number, [(line number, comment), ...]) per blank-line separated document."""
+def read_txt_documents(paths: str | Sequence[str]) -> Iterator[tuple[str, int, list[tuple[int, str]]]]:
+    """Yields (file, first line number, [(line number, comment), ...]) per blank-line separated document; a
+    document still open at the end of a file continues in the next file (Google's reader)."""
+    if isinstance(paths, str):
+        paths = [paths]
     document: list[tuple[int, str]] = []
-    for line_number, line in _decoded_lines(path):
-        if line.strip():
-            document.append((line_number, line.strip()))
-        elif document:
-            yield document[0][0], document
-            document = []
+    first_file = None
+    for path in paths:
+        for line_number, line in _decoded_lines(path):
+            if line.strip():
+                if not document:
+                    first_file = path
+                document.append((line_number, line.strip()))
+            elif document:
+                yield first_file, document[0][0], document
+                document = []
     if document:
-        yield document[0][0], document
+        yield first_file, document[0][0], document
 
 
 def parse_csv_line(line: str, path: str, line_number: int) -> tuple[str, float, str] | None:
@@ -108,8 +116,8 @@ def parse_csv_line(line: str, path: str, line_number: int) -> tuple[str, float, 
     return text, seconds, timestamp
 
 
-def read_csv_documents(path: str) -> Iterator[tuple[int, list[tuple[int, str]]]]:
-    """One document: every comment of the file, in file order."""
+def read_csv_documents(path: str) -> Iterator[tuple[str, int, list[tuple[int, str]]]]:
+    """One document: every comment of the file, in file order (a CSV file is one video)."""
     document = []
     for line_number, line in _decoded_lines(path):
         if not line.strip():
@@ -118,7 +126,7 @@ def read_csv_documents(path: str) -> Iterator[tuple[int, list[tuple[int, str]]]]
         if parsed is not None and parsed[0].strip():
             document.append((line_number, parsed[0].strip()))
     if document:
-        yield document[0][0], document
+        yield path, document[0][0], document
 
 
 class DanmakuCorpus:
@@ -142,31 +150,38 @@ class DanmakuCorpus:
         self.unk_token = unk_token
         self.stats = CorpusStats()
 
-    def _documents_of(self, path: str):
-        return read_csv_documents(path) if self.input_format == "csv" else read_txt_documents(path)
+    def _documents(self, stats: CorpusStats):
+        def counted(paths):
+            for path in paths:
+                stats.files += 1
+                yield path
+
+        if self.input_format == "txt":
+            yield from read_txt_documents(counted(self.files))
+        else:
+            for path in counted(self.files):
+                yield from read_csv_documents(path)
 
     def __iter__(self) -> Iterator[list[str]]:
         stats = CorpusStats()
-        for path in self.files:
-            stats.files += 1
-            for _, numbered_comments in self._documents_of(path):
-                comments = []
-                for _, comment in numbered_comments:
-                    if self.tokenize is not None:
-                        tokens = self.tokenize(comment)
-                        if not tokens:
-                            stats.empty_lines_skipped += 1
+        for _, _, numbered_comments in self._documents(stats):
+            comments = []
+            for _, comment in numbered_comments:
+                if self.tokenize is not None:
+                    tokens = self.tokenize(comment)
+                    if not tokens:
+                        stats.empty_lines_skipped += 1
+                        continue
+                    if self.unk_token in tokens:
+                        if self.drop_oov_comments:
+                            stats.dropped_oov_comments += 1
                             continue
-                        if self.unk_token in tokens:
-                            if self.drop_oov_comments:
-                                stats.dropped_oov_comments += 1
-                                continue
-                            stats.oov_comments_kept += 1
-                    comments.append(comment)
-                if comments:
-                    stats.documents += 1
-                    stats.comments += len(comments)
-                    yield comments
+                        stats.oov_comments_kept += 1
+                comments.append(comment)
+            if comments:
+                stats.documents += 1
+                stats.comments += len(comments)
+                yield comments
         self.stats = stats
 
     def __call__(self) -> Iterator[list[str]]:

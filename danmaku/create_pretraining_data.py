@@ -3,11 +3,13 @@ r"""Masked-LM + next-sentence pre-training TFRecords from danmaku, with Google B
     python -m danmaku.create_pretraining_data --input_file='comments/*.txt' \
         --output_file=data/danmaku.tfrecord --vocab_file=chinese_L-12_H-768_A-12/vocab.txt \
         --do_lower_case --max_seq_length=128 --max_predictions_per_seq=20 --masked_lm_prob=0.15 \
-        --dupe_factor=5 --short_seq_prob=0.1 --random_seed=12345 --num_shards=8 [--drop_oov_comments]
+        --dupe_factor=10 --short_seq_prob=0.1 --random_seed=12345 [--num_shards=8] [--drop_oov_comments]
 
 A document is one video or live stream (blank-line separated in text files, one CSV file each with
 `--input_format=csv`); its comments are the "sentences" of Google's algorithm
-(`common.pretraining_data`). Output: `<output_file without .tfrecord>-0000i-of-0000n.tfrecord`.
+(`common.pretraining_data`). Output: `--output_file` as Google writes it (one file, or a comma-separated list the
+instances are dealt to in turn), or with `--num_shards=N` `<output_file without .tfrecord>-0000i-of-0000N.tfrecord`.
+Paths may be gs:// (or any `tf.io.gfile` filesystem).
 Without a vocabulary, `--build_vocab=N` computes an N-token character (or WordPiece) vocabulary from
 the corpus and writes it to `--vocab_file` (default: `vocab.txt` beside the output).
 """
@@ -34,20 +36,21 @@ from danmaku.data import create_pretraining_data  # noqa: E402
 
 FLAGS = flags.FLAGS
 
-# Google's flags, same names and meanings (dupe_factor defaults to the danmaku run's 5).
+# Google's flags, same names, meanings and defaults.
 flags.DEFINE_string("input_file", None, "Input danmaku file(s): comma-separated files or globs.")
-flags.DEFINE_string("output_file", None, "Output TFRecord name; shards are named <stem>-0000i-of-0000n.tfrecord.")
+flags.DEFINE_string("output_file", None, "Output TFRecord file(s), comma-separated (with --num_shards=N: shards "
+                    "named <stem>-0000i-of-0000N.tfrecord).")
 flags.DEFINE_string("vocab_file", None, "The vocabulary the BERT model was trained on (or where --build_vocab writes).")
 flags.DEFINE_bool("do_lower_case", True, "Lower-case the input text (Google's Chinese model: True).")
 flags.DEFINE_bool("do_whole_word_mask", False, "Mask whole words (all ## pieces of a word together).")
 flags.DEFINE_integer("max_seq_length", 128, "Maximum sequence length.")
 flags.DEFINE_integer("max_predictions_per_seq", 20, "Maximum number of masked LM predictions per sequence.")
 flags.DEFINE_integer("random_seed", 12345, "Random seed for data generation.")
-flags.DEFINE_integer("dupe_factor", 5, "Number of times to duplicate the input data (with different masks).")
+flags.DEFINE_integer("dupe_factor", 10, "Number of times to duplicate the input data (with different masks).")
 flags.DEFINE_float("masked_lm_prob", 0.15, "Masked LM probability.")
 flags.DEFINE_float("short_seq_prob", 0.1, "Probability of creating sequences shorter than the maximum length.")
 # Ours.
-flags.DEFINE_integer("num_shards", 1, "Number of output TFRecord shards.")
+flags.DEFINE_integer("num_shards", 1, "Number of output TFRecord shards for a single --output_file name.")
 flags.DEFINE_integer("num_workers", None, "Worker processes writing shards (default: all cores).")
 flags.DEFINE_enum("input_format", "txt", list(INPUT_FORMATS),
                   "txt: one comment a line, blank lines between documents; "

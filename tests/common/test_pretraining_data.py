@@ -280,8 +280,8 @@ def test_forked_workers_write_the_same_files(tmp_path):
     settings = dict(max_seq_length=32, dupe_factor=2, documents_per_block=6, num_shards=2, random_seed=4)
     script = (
         "import json, sys\n"
-        "from common import pretraining_data\n"
-        "assert pretraining_data._fork_is_safe() and 'tensorflow' not in sys.modules\n"
+        "from common import parallel, pretraining_data\n"
+        "assert parallel.fork_is_safe() and 'tensorflow' not in sys.modules\n"
         f"pretraining_data.write_pretraining_data(json.load(open({str(tmp_path / 'corpus.json')!r})), "
         f"{str(tmp_path / 'forked')!r}, {str(tmp_path / 'vocab.txt')!r}, num_workers=2, progress=False, "
         f"**{settings!r})\n")
@@ -330,9 +330,9 @@ def _first_documents(path):
 
 
 def test_shards_are_shuffled_as_a_whole_and_failures_leave_nothing(tmp_path):
-    documents = _corpus(seed=8, num_documents=40, sentences=(4, 8))
+    documents = _corpus(seed=8, num_documents=40, sentences=(8, 16))
     write_vocab(VOCAB, tmp_path / "vocab.txt")
-    settings = dict(max_seq_length=32, dupe_factor=2, documents_per_block=4, num_shards=2, num_workers=1,
+    settings = dict(max_seq_length=32, dupe_factor=4, documents_per_block=4, num_shards=2, num_workers=1,
                     progress=False)
     in_blocks = pretraining_data.write_pretraining_data(documents, str(tmp_path / "plain"), str(tmp_path / "vocab.txt"),
                                                         shuffle=False, **settings)
@@ -341,9 +341,15 @@ def test_shards_are_shuffled_as_a_whole_and_failures_leave_nothing(tmp_path):
     plain_order = _first_documents(in_blocks["files"][0])
     mixed_order = _first_documents(shuffled["files"][0])
     assert sorted(plain_order) == sorted(mixed_order)
+    # Tasks take 4 documents of the seeded global document order at a time; without the final shuffle a file holds
+    # them task after task, with it they are mixed.
+    order = pretraining_data._document_order(pretraining_data._settings(), 40)
+    task_of = np.empty(40, dtype=np.int64)
+    task_of[order] = np.arange(40) // 4
     ranks = np.arange(len(plain_order))
-    assert np.corrcoef(ranks, np.array(plain_order) // 4)[0, 1] > 0.9  # without the shuffle: the corpus order
-    assert abs(np.corrcoef(ranks, np.array(mixed_order) // 4)[0, 1]) < 0.2
+    assert np.corrcoef(ranks, task_of[plain_order])[0, 1] > 0.9
+    assert abs(np.corrcoef(ranks, task_of[mixed_order])[0, 1]) < 0.2
+    assert abs(np.corrcoef(ranks, np.array(plain_order))[0, 1]) < 0.3  # the documents themselves were shuffled
     assert sorted(os.listdir(tmp_path)) == sorted(["vocab.txt"] + [os.path.basename(path) for path in
                                                                    in_blocks["files"] + shuffled["files"]])
 
@@ -357,16 +363,41 @@ def test_shards_are_shuffled_as_a_whole_and_failures_leave_nothing(tmp_path):
     assert not [name for name in os.listdir(tmp_path) if "failed" in name]
 
 
-def test_blocks_of_documents_and_a_small_tail():
-    blocks = list(pretraining_data._iter_blocks([[str(index)] for index in range(11)], 4))
-    assert [len(block) for block in blocks] == [4, 4, 3]
+def test_blocks_of_documents_and_small_tasks_still_draw_random_next():
     blocks = list(pretraining_data._iter_blocks([[str(index)] for index in range(9)], 4))
-    assert [len(block) for block in blocks] == [4, 5]  # a one-document block could not draw random-next segments
+    assert [len(block) for block in blocks] == [4, 4, 1]
     assert list(pretraining_data._iter_blocks(iter([]), 4)) == []
     documents = _corpus(seed=9, num_documents=5, sentences=(3, 5))
     instances = pretraining_data.create_training_instances(documents, VOCAB, max_seq_length=32, dupe_factor=2,
                                                            documents_per_block=2)
     assert any(instance.is_random_next for instance in instances)
+
+
+def test_random_next_segments_come_from_the_whole_corpus():
+    """Google draws the random-next document from all documents: with 2,000 documents and tasks of 256, the share of
+    random-next segments from the source document's own 256-document neighbourhood is about 256/2,000, not 1."""
+    num_documents, block = 2000, 256
+    vocab = SPECIAL + [f"d{d}" for d in range(num_documents)]
+    documents = [[f"d{d} d{d}"] * 3 for d in range(num_documents)]  # 2-token sentences naming their document
+    instances = pretraining_data.create_training_instances(
+        documents, vocab, max_seq_length=8, dupe_factor=1, short_seq_prob=0.0, masked_lm_prob=0.01,
+        max_predictions_per_seq=1, random_seed=5, documents_per_block=block)
+    same = total = 0
+    for instance in instances:
+        if not instance.is_random_next:
+            continue
+        segment_a, segment_b = _segments(instance)
+        source, other = (int(segment[0][1:]) for segment in (segment_a, segment_b))
+        assert source != other
+        total += 1
+        same += source // block == other // block
+    assert total > 1000
+    expected = (block - 1) / (num_documents - 1)  # ~0.128 (the last neighbourhood is smaller)
+    assert abs(same / total - expected) < 0.035
+    # Documents are shuffled before the dupe passes, as Google's rng.shuffle(all_documents): the first instances
+    # made (before the final shuffle) do not come from the first documents of the corpus.
+    order = pretraining_data._document_order(pretraining_data._settings(random_seed=5), num_documents)
+    assert sorted(order.tolist()) == list(range(num_documents)) and order[:block].max() > 4 * block
 
 
 def test_bad_input_is_named(tmp_path):

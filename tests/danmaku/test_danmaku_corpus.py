@@ -23,9 +23,11 @@ def test_text_documents_are_blank_line_separated_and_files_keep_their_order(tmp_
     corpus = DanmakuCorpus([os.path.join(tmp_path, "*.txt")])
     assert list(corpus) == [["前方高能", "awsl"], ["草", "哈哈哈"], ["泪目", "下次一定"]]
     assert corpus.stats.files == 2 and corpus.stats.documents == 3 and corpus.stats.comments == 6
-    # Comma-separated lists work as in Google's --input_file, and iterating twice gives the same.
+    # Comma-separated lists work as in Google's --input_file, and iterating twice gives the same. Only blank lines end
+    # documents (Google's reader): b.txt's last document runs on into a.txt.
     corpus = DanmakuCorpus(f"{second},{first}")
-    assert list(corpus) == list(corpus) == [["泪目", "下次一定"], ["前方高能", "awsl"], ["草", "哈哈哈"]]
+    assert list(corpus) == list(corpus) == [["泪目", "下次一定", "前方高能", "awsl"], ["草", "哈哈哈"]]
+    assert corpus.stats.files == 2 and corpus.stats.documents == 2
     assert pickle.loads(pickle.dumps(corpus)).files == corpus.files  # worker processes get a copy
 
 

@@ -56,7 +56,7 @@ def make_data(tmp_path, corpus_file, name, *extra):
                      f"--max_seq_length={MAX_SEQ_LENGTH}", f"--max_predictions_per_seq={MAX_PREDICTIONS}",
                      "--short_seq_prob=0", *extra)
     vocab = load_vocab(str(tmp_path / name / "vocab.txt"))
-    return result, read_records(output[: -len(".tfrecord")] + "-*.tfrecord"), {i: t for t, i in vocab.items()}
+    return result, read_records(output[: -len(".tfrecord")] + "*.tfrecord"), {i: t for t, i in vocab.items()}
 
 
 def test_segments_pair_as_google_does_and_labels_say_which_are_random(tmp_path, corpus_file):
