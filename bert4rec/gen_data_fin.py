@@ -27,8 +27,8 @@ import sys
 import tempfile
 import time
 
-if __package__ in (None, ""):  # run as a file (`python bert4rec/gen_data_fin.py`): make `bert4rec` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file, `python bert4rec/gen_data_fin.py`
+    import _run_as_file  # noqa: F401
 
 import numpy as np  # noqa: E402
 
@@ -305,8 +305,7 @@ def main(argv):
 if __name__ == "__main__":
     from common import cli
 
-    # No TensorFlow here, so no stderr filter either (its thread would stop the fast fork of the workers).
-    cli.quiet_tensorflow(filter_stderr=False)
+    cli.quiet_tensorflow()
     _define_flags()
     # ValueError covers DataError and flag validation: one clear line naming the file and line, no traceback.
     cli.run(main, user_errors=(cli.UserError, FileNotFoundError, ValueError))

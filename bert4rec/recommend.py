@@ -16,10 +16,9 @@ import dataclasses
 import glob
 import json
 import os
-import sys
 
-if __package__ in (None, ""):  # run as a file
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file, `python bert4rec/recommend.py`
+    import _run_as_file  # noqa: F401
 
 from common import cli  # noqa: E402
 

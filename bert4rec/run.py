@@ -10,11 +10,8 @@ metric line once per protocol and writes them all to `<checkpointDir><signature>
 
 from __future__ import annotations
 
-import os
-import sys
-
-if __package__ in (None, ""):  # run as a file (`python bert4rec/run.py` or from inside bert4rec/)
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file, `python bert4rec/run.py`
+    import _run_as_file  # noqa: F401
 
 from common import cli  # noqa: E402
 

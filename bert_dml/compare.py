@@ -9,10 +9,9 @@ Per file: kNN-10 accuracy (leave-one-out, cosine), linear-probe accuracy (logist
 from __future__ import annotations
 
 import os
-import sys
 
-if __package__ in (None, ""):  # run as a file: `python bert_dml/compare.py`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file, `python bert_dml/compare.py`
+    import _run_as_file  # noqa: F401
 
 from common import cli  # noqa: E402
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import sys
 
-if __package__ in (None, ""):  # run as a file: `python bert_dml/extract_features.py`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file, `python bert_dml/extract_features.py`
+    import _run_as_file  # noqa: F401
 
 from common import cli  # noqa: E402
 

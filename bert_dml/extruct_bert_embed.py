@@ -1,10 +1,7 @@
 """The original `extruct_bert_embed.py`: `bert_dml.extract_features --kind=embed` (same flags)."""
 
-import os
-import sys
-
-if __package__ in (None, ""):  # run as a file: `python bert_dml/extruct_bert_embed.py`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file, `python bert_dml/extruct_bert_embed.py`
+    import _run_as_file  # noqa: F401
 
 from bert_dml import extract_features  # noqa: E402
 

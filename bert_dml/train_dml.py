@@ -13,11 +13,8 @@ Each epoch: 1,000 triplets from --train, 1,000 from --eval, one line
 
 from __future__ import annotations
 
-import os
-import sys
-
-if __package__ in (None, ""):  # run as a file: `python bert_dml/train_dml.py`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file, `python bert_dml/train_dml.py`
+    import _run_as_file  # noqa: F401
 
 from common import cli  # noqa: E402
 

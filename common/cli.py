@@ -1,4 +1,4 @@
-"""What every command-line script of the suite shares: a quiet TensorFlow and one `error:` line for bad input.
+"""What every command-line script of the suite shares: a quiet terminal and one `error:` line for bad input.
 
 Use it as the first import of a script, before anything imports TensorFlow:
 
@@ -8,22 +8,29 @@ Use it as the first import of a script, before anything imports TensorFlow:
     if __name__ == "__main__":
         cli.run(main)          # absl flags parsed; bad flags, UsageError, UserError -> "error: ..." and exit 1
 
-On a CPU-only machine TensorFlow prints start-up notices that look like failures (`failed call to cuInit`,
-oneDNN and CPU-feature notices, absl's "All log messages before absl::InitializeLog()" warning). Many are
-written by C++ before logging is initialised, where TF_CPP_MIN_LOG_LEVEL cannot reach them, so
-`quiet_tensorflow` also filters the process's stderr (file descriptor 2) line by line: those notices are
-dropped, everything else (our log lines, progress bars, real warnings and errors) passes unchanged.
-`--verbose` on the command line or `BERTSUITE_VERBOSE=1` brings TensorFlow's own lines back.
+Quiet means TensorFlow's own switches: TF_CPP_MIN_LOG_LEVEL=2 (its C++ INFO and WARNING lines), gRPC at
+ERROR, the `tensorflow` Python logger at WARNING, and the INFO lines TensorFlow's Python code logs through
+absl dropped (`functional_saver.py:440] Sharding callback duration` at every checkpoint). Our own log lines
+lose absl's `I1202 14:27:17.956832 140042538834816 training.py:559]` prefix: INFO lines are plain, others
+read `warning: ...` / `error: ...`. TF_CPP_MIN_LOG_LEVEL does not reach what TensorFlow's C++ prints while
+it loads (`oneDNN custom operations are on`, `Could not find cuda drivers`, `failed call to cuInit`, absl's
+"All log messages before absl::InitializeLog()"), so the first `import tensorflow` writes file descriptor 2
+into a temporary file, replayed without those notices once the import is done: no thread, nothing left
+running. `--verbose` on the command line or `BERTSUITE_VERBOSE=1` leaves everything as TensorFlow prints it.
 """
 
 from __future__ import annotations
 
-import atexit
+import contextlib
+import importlib.abc
+import importlib.machinery
+import logging
 import os
 import re
+import runpy
 import sys
-import threading
-from typing import Callable
+import tempfile
+from typing import Callable, Iterator
 
 VERBOSE_ENV = "BERTSUITE_VERBOSE"
 
@@ -34,9 +41,6 @@ _NOISE = re.compile(
     rb"|[IWE]\d{4} [\d:.]+ +\d+ (port|cudart_stub|cpu_feature_guard|cuda_platform|cuda_driver|cuda_diagnostics"
     rb"|cuda_executor|cuda_fft|cuda_dnn|cuda_blas|util|gpu_device|dso_loader)\.cc:\d+\] .*"
     rb"|I\d{4} [\d:.]+ +\d+ [\w.]+\.cc:\d+\] .*)$")  # any other C++ INFO line too
-# A partial line that may still become noise is held back until its newline; anything else passes at once
-# (progress bars redraw with "\r" and never end their line).
-_MAYBE_NOISE = re.compile(rb"^(?:W(?:A(?:R(?:N(?:I(?:N(?:G(?::.*)?)?)?)?)?)?)?|T(?:o(?: .*)?)?|[IWE](?:\d.*)?)$")
 
 
 class UserError(Exception):
@@ -54,75 +58,98 @@ def is_noise(line: bytes) -> bool:
     return _NOISE.match(line.rstrip(b"\r")) is not None
 
 
-class _StderrFilter:
-    """Copies fd 2 through a pipe to the real stderr, dropping noise lines (a daemon thread; flushed at exit)."""
-
-    def __init__(self):
-        self.target = os.dup(2)
-        read_end, write_end = os.pipe()
-        sys.stderr.flush()
-        os.dup2(write_end, 2)
-        os.close(write_end)
-        self.read_end = read_end
-        self.thread = threading.Thread(target=self._pump, name="bertsuite-stderr-filter", daemon=True)
-        self.thread.start()
-        atexit.register(self.close)
-
-    def _write(self, data: bytes) -> None:
-        while data:
-            written = os.write(self.target, data)
-            data = data[written:]
-
-    def _pump(self) -> None:
-        pending = b""
-        while True:
-            try:
-                chunk = os.read(self.read_end, 65536)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                break
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            kept = b"".join(line + b"\n" for line in lines if not is_noise(line))
-            if pending and not _MAYBE_NOISE.match(pending.rsplit(b"\r", 1)[-1]):
-                kept, pending = kept + pending, b""
-            if kept:
-                self._write(kept)
-        if pending and not is_noise(pending):
-            self._write(pending)
-        os.close(self.read_end)
-
-    def close(self) -> None:
-        """Restores fd 2 and lets the thread forward what is left."""
+@contextlib.contextmanager
+def startup_notices_dropped() -> Iterator[None]:
+    """File descriptor 2 goes to a temporary file inside the block; its lines are then written to the real
+    stderr without the start-up notices (`is_noise`)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
         try:
+            yield
+        finally:
             sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
-        os.dup2(self.target, 2)  # the pipe's last write end closes: the thread sees end of file
-        self.thread.join(timeout=2)  # a forked child still holding the pipe must not hold up the exit
-        os.close(self.target)
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = b"".join(line for line in captured.read().splitlines(keepends=True)
+                            if not is_noise(line.rstrip(b"\n")))
+            if kept:
+                os.write(2, kept)
 
 
-_filter: _StderrFilter | None = None
+class _QuietLoader(importlib.abc.Loader):
+    """TensorFlow's own loader, run inside `startup_notices_dropped` together with the first device query
+    (where `failed call to cuInit` is printed)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        with startup_notices_dropped():
+            self.loader.exec_module(module)
+            module.config.list_physical_devices()
+        module.__loader__ = module.__spec__.loader = self.loader
 
 
-def quiet_tensorflow(argv: list[str] | None = None, filter_stderr: bool = True) -> None:
-    """Hides TensorFlow's start-up notices unless verbose was asked for. Call before TensorFlow is imported.
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Hands the first `import tensorflow` to `_QuietLoader`, then leaves the import system as it was."""
 
-    Sets TF_CPP_MIN_LOG_LEVEL=2 (C++ INFO and WARNING off once logging is initialised) and, with
-    `filter_stderr`, drops the notices printed before that (see the module docstring).
-    """
-    global _filter
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path[:] = [finder for finder in sys.meta_path if finder is not self]
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class PlainFormatter(logging.Formatter):
+    """Log lines as the user reads them: INFO plain, other levels `warning: ...` / `error: ...`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno == logging.INFO else f"{record.levelname.lower()}: {text}"
+
+
+def _not_tensorflow_info(record: logging.LogRecord) -> bool:
+    """TensorFlow's Python code logs through absl too (`functional_saver.py:440] Sharding callback duration`):
+    its INFO records are dropped, its warnings and every record of ours kept."""
+    return record.levelno >= logging.WARNING or f"{os.sep}tensorflow{os.sep}" not in record.pathname
+
+
+def quiet_tensorflow(argv: list[str] | None = None) -> None:
+    """A quiet terminal (see the module docstring) unless verbose was asked for. Call before TensorFlow is
+    imported; it does not import TensorFlow itself (scripts without it stay fast and free to fork)."""
     if verbose_requested(argv):
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    if filter_stderr and _filter is None:
-        try:
-            _filter = _StderrFilter()
-        except OSError:  # no usable fd 2 (e.g. closed): nothing to filter
-            _filter = None
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    from absl import logging as absl_logging
+
+    handler = absl_logging.get_absl_handler()
+    handler.setFormatter(PlainFormatter())
+    if _not_tensorflow_info not in handler.filters:
+        handler.addFilter(_not_tensorflow_info)
+    if "tensorflow" not in sys.modules and not any(isinstance(finder, _QuietTensorFlowImport)
+                                                   for finder in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+def module_command(module: str) -> Callable[[], None]:
+    """A console-script entry point (setup.cfg) that runs `module` exactly as `python -m module` does."""
+
+    def command() -> None:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+    command.__doc__ = f"python -m {module}"
+    return command
 
 
 def error_exit(message: str, status: int = 1) -> None:

@@ -16,11 +16,8 @@ the corpus and writes it to `--vocab_file` (default: `vocab.txt` beside the outp
 
 from __future__ import annotations
 
-import os
-import sys
-
-if __package__ in (None, ""):  # run as a file: `python danmaku/create_pretraining_data.py`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file, `python danmaku/create_pretraining_data.py`
+    import _run_as_file  # noqa: F401
 
 from common import cli  # noqa: E402
 

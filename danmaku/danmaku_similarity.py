@@ -13,10 +13,9 @@ with bert-as-service's pooling (`--pooling_strategy`, `--pooling_layer`, default
 from __future__ import annotations
 
 import os
-import sys
 
-if __package__ in (None, ""):  # run as a file: `python danmaku/danmaku_similarity.py`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file, `python danmaku/danmaku_similarity.py`
+    import _run_as_file  # noqa: F401
 
 from common import cli  # noqa: E402
 

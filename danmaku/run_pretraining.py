@@ -15,10 +15,9 @@ without it the model starts from scratch. Add `--strategy=mirrored` for all loca
 from __future__ import annotations
 
 import os
-import sys
 
-if __package__ in (None, ""):  # run as a file: `python danmaku/run_pretraining.py`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file, `python danmaku/run_pretraining.py`
+    import _run_as_file  # noqa: F401
 
 from common import cli  # noqa: E402
 

@@ -12,12 +12,11 @@ says otherwise: `POST /encode {"texts": [...]}` -> `{"embeddings": [...]}`, `GET
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 
-if __package__ in (None, ""):  # run as a file: `python danmaku/serve.py`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file, `python danmaku/serve.py`
+    import _run_as_file  # noqa: F401
 
 from common import cli  # noqa: E402
 

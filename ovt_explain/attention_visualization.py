@@ -26,10 +26,9 @@ Flow is exact max-flow (`ovt_explain.attention.attention_flow`), for the [CLS] r
 from __future__ import annotations
 
 import os
-import sys
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file, `python ovt_explain/attention_visualization.py`
+    import _run_as_file  # noqa: F401
 
 from common import cli  # noqa: E402
 
@@ -37,6 +36,7 @@ cli.quiet_tensorflow()
 
 import dataclasses  # noqa: E402
 import html  # noqa: E402
+from importlib import resources  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 from typing import Mapping, Sequence  # noqa: E402
@@ -298,80 +298,6 @@ def dump_json(explanation: Explanation, method: str, path: str) -> None:
     atomic_write_text(path, json.dumps(document, separators=(",", ":")) + "\n")
 
 
-_HTML_TEMPLATE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
-<style>
-body{font-family:system-ui,sans-serif;margin:16px;color:#222}
-select{margin-right:12px}
-#tokens{display:flex;flex-wrap:wrap;gap:3px;margin-top:12px}
-.tok{border:1px solid #bbb;border-radius:3px;padding:3px 5px;font-size:12px;cursor:default;min-width:40px}
-.tok.sel{outline:2px solid #0645ad}
-#info{margin-top:10px;min-height:2.5em;font-size:13px}
-#pred{margin-top:8px;font-size:14px}
-</style></head><body>
-<h2>__TITLE__</h2>
-<div>user <select id="user"></select> method <select id="method"></select> layer <select id="layer"></select></div>
-<div id="pred"></div>
-<div id="info">Hover a programme: colours show how much the selected token (default [CLS]) draws on each input programme at the chosen layer.</div>
-<div id="tokens"></div>
-<script id="data" type="application/json">__DATA__</script>
-<script>
-"use strict";
-(function () {
-  var data = JSON.parse(document.getElementById("data").textContent);
-  var userSelect = document.getElementById("user"), methodSelect = document.getElementById("method"),
-      layerSelect = document.getElementById("layer"), tokensBox = document.getElementById("tokens"),
-      info = document.getElementById("info"), pred = document.getElementById("pred");
-  var focus = 0;
-  function option(select, value, text) {
-    var o = document.createElement("option"); o.value = value; o.textContent = text; select.appendChild(o);
-  }
-  data.users.forEach(function (u, i) { option(userSelect, i, u.user_id); });
-  data.methods.forEach(function (m) { option(methodSelect, m, data.method_titles[m]); });
-  function user() { return data.users[Number(userSelect.value)]; }
-  function fillLayers() {
-    var count = user().layers[methodSelect.value].length, keep = layerSelect.value;
-    layerSelect.innerHTML = "";
-    for (var l = count; l >= 1; l--) { option(layerSelect, l - 1, "L" + l); }
-    if (keep !== "" && Number(keep) < count) { layerSelect.value = keep; }
-  }
-  function row() {
-    var matrix = user().layers[methodSelect.value][Number(layerSelect.value)];
-    return matrix[focus] || null;
-  }
-  function render() {
-    var u = user(), values = row(), max = 0, i;
-    pred.textContent = u.labels.map(function (l, k) { return l + " " + u.probabilities[k].toFixed(3); }).join("   ");
-    if (values) { for (i = 1; i < values.length - 1; i++) { if (values[i] !== null && values[i] > max) { max = values[i]; } } }
-    tokensBox.innerHTML = "";
-    u.tokens.forEach(function (t, k) {
-      var box = document.createElement("span"), v = values ? values[k] : null;
-      box.className = "tok" + (k === focus ? " sel" : "");
-      box.textContent = u.short_labels[k];
-      var alpha = (v === null || max === 0) ? 0 : Math.min(1, v / max);
-      box.style.background = "rgba(230,85,13," + alpha.toFixed(3) + ")";
-      box.addEventListener("mouseenter", function () {
-        info.textContent = "#" + k + " " + u.labels_full[k] + (v === null ? "  (not computed for this token)" :
-          "  importance " + v.toFixed(4));
-      });
-      box.addEventListener("click", function () {
-        if (user().layers[methodSelect.value][0][k]) { focus = k; render(); }
-        else { info.textContent = "#" + k + ": " + data.method_titles[methodSelect.value] + " was computed for [CLS] only"; }
-      });
-      tokensBox.appendChild(box);
-    });
-  }
-  userSelect.addEventListener("change", function () { focus = 0; fillLayers(); render(); });
-  methodSelect.addEventListener("change", function () {
-    fillLayers(); if (!row()) { focus = 0; } render();
-  });
-  layerSelect.addEventListener("change", render);
-  fillLayers(); render();
-})();
-</script></body></html>
-"""
-
-
 def write_html(explanations: Sequence[Explanation], methods: Sequence[str], path: str,
                programs: Mapping[str, dict], title: str = "Attention explanations") -> None:
     """One self-contained page: data as inline JSON, plain inline script, no network."""
@@ -391,7 +317,9 @@ def write_html(explanations: Sequence[Explanation], methods: Sequence[str], path
                           "method_titles": {m: METHOD_TITLES[m] for m in methods}}, separators=(",", ":"))
     # "</" inside the JSON would end the script element early.
     payload = payload.replace("</", "<\\/")
-    page = _HTML_TEMPLATE.replace("__TITLE__", html.escape(title)).replace("__DATA__", payload)
+    # The page (package data): __TITLE__ and __DATA__ are its placeholders.
+    template = resources.files("ovt_explain").joinpath("attention_page.html").read_text(encoding="utf-8")
+    page = template.replace("__TITLE__", html.escape(title)).replace("__DATA__", payload)
     atomic_write_text(path, page)
 
 

@@ -22,10 +22,9 @@ Every key is documented in `ovt_explain/configs/cls_config.json`.
 from __future__ import annotations
 
 import os
-import sys
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file, `python ovt_explain/bert_cls.py`
+    import _run_as_file  # noqa: F401
 
 from common import cli  # noqa: E402
 

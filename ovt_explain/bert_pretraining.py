@@ -14,10 +14,9 @@ checkpoint under `best/` (with `load_best_model_at_end`), `eval_history.json` an
 from __future__ import annotations
 
 import os
-import sys
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file, `python ovt_explain/bert_pretraining.py`
+    import _run_as_file  # noqa: F401
 
 from common import cli  # noqa: E402
 

@@ -22,10 +22,9 @@ one-third rule). The same seed gives the same files.
 from __future__ import annotations
 
 import os
-import sys
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a file, `python ovt_explain/make_synthetic_logs.py`
+    import _run_as_file  # noqa: F401
 
 from common import cli  # noqa: E402
 

@@ -1,6 +1,11 @@
-"""common/cli.py: TensorFlow's start-up notices filtered from stderr, one `error:` line and exit 1 for mistakes."""
+"""common/cli.py: a quiet terminal by TensorFlow's own switches, one `error:` line and exit 1 for mistakes,
+console scripts."""
 
+import configparser
+import glob
+import importlib
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -33,19 +38,28 @@ def test_noise_lines_are_recognised_and_real_lines_are_not():
     assert not any(cli.is_noise(line.encode()) for line in KEPT)
 
 
+def test_startup_notices_are_dropped_and_everything_else_replayed(capfd):
+    with cli.startup_notices_dropped():
+        os.write(2, ("\n".join(NOISE + KEPT) + "\nno newline at the end").encode())  # as C++ writes: to fd 2
+    assert capfd.readouterr().err == "\n".join(KEPT) + "\nno newline at the end"
+
+
 SCRIPT = textwrap.dedent("""
-    import os, sys
-    sys.path.insert(0, {repo!r})
     from common import cli
     cli.quiet_tensorflow()
-    from absl import flags
+    import sys
+    from absl import flags, logging
     flags.DEFINE_integer("count", 1, "a number")
+    flags.DEFINE_bool("tensorflow", False, "import TensorFlow and save a checkpoint")
     def main(argv):
         if flags.FLAGS.count == 2:
             raise FileNotFoundError("data/missing.txt: no such file")
-        lines = {lines!r}
-        os.write(2, ("\\n".join(lines) + "\\n").encode())      # as TensorFlow's C++ writes: straight to fd 2
-        sys.stderr.write("bar 1/2\\rbar 2/2")                    # a progress bar: no newline, shown as it goes
+        if flags.FLAGS.tensorflow:
+            import tensorflow as tf
+            tf.train.Checkpoint(step=tf.Variable(1)).save({checkpoint!r})
+        logging.info("a log line of ours")
+        logging.warning("a warning of ours")
+        sys.stderr.write("bar 1/2\\rbar 2/2")                    # a progress bar: no newline
         sys.stderr.flush()
         print("stdout line")
     cli.run(main)
@@ -54,25 +68,59 @@ SCRIPT = textwrap.dedent("""
 
 def run_script(tmp_path, *args, env=None):
     path = tmp_path / "script.py"
-    path.write_text(SCRIPT.format(repo=REPO, lines=NOISE + KEPT))
-    environment = dict(os.environ, **(env or {}))
-    environment.pop("BERTSUITE_VERBOSE", None) if not env else None
-    result = subprocess.run([sys.executable, str(path), *args], capture_output=True, timeout=120, env=environment)
+    path.write_text(SCRIPT.format(checkpoint=str(tmp_path / "checkpoint" / "ckpt")))
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in ("BERTSUITE_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
+    environment.update(env or {}, PYTHONPATH=REPO)
+    result = subprocess.run([sys.executable, str(path), *args], capture_output=True, timeout=300, env=environment)
     # Bytes decoded by hand: text mode would turn the progress bar's "\r" into a newline.
     return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(), result.stderr.decode())
 
 
-def test_stderr_keeps_real_lines_and_the_progress_bar_only(tmp_path):
-    result = run_script(tmp_path)
+def test_quiet_terminal_shows_our_lines_plain_and_no_tensorflow_notices(tmp_path):
+    result = run_script(tmp_path, "--tensorflow")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "stdout line\n"
-    assert result.stderr == "\n".join(KEPT) + "\nbar 1/2\rbar 2/2"
+    # Not TensorFlow's load-time notices, nor `functional_saver.py:440] Sharding callback duration` at the save.
+    assert result.stderr == "a log line of ours\nwarning: a warning of ours\nbar 1/2\rbar 2/2"
 
 
-def test_verbose_brings_tensorflow_notices_back(tmp_path):
-    for result in (run_script(tmp_path, "--verbose"), run_script(tmp_path, env={"BERTSUITE_VERBOSE": "1"})):
-        assert result.returncode == 0, result.stderr
-        assert result.stderr.startswith("\n".join(NOISE + KEPT))
+def test_verbose_brings_tensorflow_notices_and_absl_prefixes_back(tmp_path):
+    result = run_script(tmp_path, "--tensorflow", "--verbose")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert any(cli.is_noise(line.encode()) for line in lines), result.stderr
+    assert any(re.search(r"^I\d{4} .*functional_saver\.py:\d+\] Sharding callback duration", line) for line in lines)
+    result = run_script(tmp_path, env={"BERTSUITE_VERBOSE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^I\d{4} [\d:.]+ +\d+ script\.py:\d+\] a log line of ours$", result.stderr, re.M), result.stderr
+
+
+def test_module_command_runs_a_module_as_python_m_does(tmp_path, monkeypatch, capsys):
+    (tmp_path / "probe_module.py").write_text("import sys\nprint(__name__, sys.argv[1:])\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["probe-command", "--flag=1"])
+    cli.module_command("probe_module")()
+    assert capsys.readouterr().out == "__main__ ['--flag=1']\n"
+
+
+def test_every_script_is_a_console_script():
+    """setup.cfg names a command for every module with a `__main__` block, and each runs that module."""
+    parser = configparser.ConfigParser()
+    parser.read(os.path.join(REPO, "setup.cfg"))
+    targets = {}
+    for line in parser["options.entry_points"]["console_scripts"].strip().splitlines():
+        name, target = (part.strip() for part in line.split("="))
+        module_name, attribute = target.split(":")
+        targets[name] = getattr(importlib.import_module(module_name), attribute).__doc__
+    scripts = set()
+    for package in ("bert4rec", "ovt_explain", "bert_dml", "danmaku"):
+        for path in glob.glob(os.path.join(REPO, package, "*.py")):
+            with open(path, encoding="utf-8") as handle:
+                if 'if __name__ == "__main__"' in handle.read():
+                    scripts.add(f"python -m {package}.{os.path.basename(path)[:-3]}")
+    assert set(targets.values()) == scripts
+    assert targets["bert4rec-gen-data-fin"] == targets["gen_data_fin"] == "python -m bert4rec.gen_data_fin"
 
 
 def test_user_mistakes_are_one_error_line_and_exit_status_1(tmp_path):
