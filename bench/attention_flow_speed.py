@@ -12,10 +12,6 @@ softmax of Gaussian logits (x `--sharpness`) per head, heads averaged, residual 
 from __future__ import annotations
 
 import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "ovt_explain"))
 
 from common import cli  # noqa: E402
 
@@ -63,7 +59,11 @@ def main(argv):
         result[f"{name}_cpu_s"] = round(cpu_seconds, 3)
         result[f"{name}_target_s"] = target
     if not FLAGS.skip_reference:
-        from ovt_flow_reference import networkx_flow
+        import runpy
+
+        # The networkx reference of the tests, read from its file (tests/ is no package).
+        networkx_flow = runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                    "tests", "ovt_explain", "ovt_flow_reference.py"))["networkx_flow"]
 
         for name, layers, tokens, rows in (("L12_n12_full", 12, 12, None), ("L12_n32_cls", 12, 32, [0])):
             attention = random_attention(rng, layers, tokens, FLAGS.heads, FLAGS.sharpness)

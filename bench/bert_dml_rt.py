@@ -21,8 +21,6 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from common import cli  # noqa: E402
 
 cli.quiet_tensorflow()

@@ -26,7 +26,6 @@ import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ALPHABET = [chr(0x4E00 + 53 * index) for index in range(400)] + list("abcdefghijklmnopqrstuvwxyz0123456789")

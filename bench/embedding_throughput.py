@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 from common import cli  # noqa: E402
 

@@ -13,9 +13,6 @@ method, and the time of each phase.
 from __future__ import annotations
 
 import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import cli  # noqa: E402
 

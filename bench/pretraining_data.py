@@ -25,8 +25,6 @@ import tempfile
 import time
 import zipfile
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
-
 from common import cli  # noqa: E402
 
 cli.quiet_tensorflow()  # Google's script imports TensorFlow

@@ -19,9 +19,6 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-# common.cli's stderr filter thread only calls os.read/os.write (no locks a forked child could inherit held).
-_FORK_SAFE_THREADS = ("bertsuite-stderr-filter",)
-
 
 def task_seed(seed: int, *coordinates: int) -> np.random.SeedSequence:
     """The random stream of one unit of work: a function of (seed, coordinates) only, never of the worker."""
@@ -29,8 +26,7 @@ def task_seed(seed: int, *coordinates: int) -> np.random.SeedSequence:
 
 
 def fork_is_safe() -> bool:
-    others = [thread for thread in threading.enumerate()
-              if thread is not threading.main_thread() and thread.name not in _FORK_SAFE_THREADS]
+    others = [thread for thread in threading.enumerate() if thread is not threading.main_thread()]
     return sys.platform.startswith("linux") and "tensorflow" not in sys.modules and not others
 
 

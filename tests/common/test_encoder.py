@@ -115,9 +115,7 @@ def test_extra_keys_are_ignored(tmp_path):
 
 def _numpy_encoder(encoder, input_ids, input_mask, gelu, epsilon):
     """Float64 BERT forward pass (Google modeling.py): embeddings -> LN -> post-LN blocks, no dropout."""
-    import sys, os  # noqa: E401
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from numpy_reference import layer_norm, softmax
+    from numpy_reference import layer_norm, softmax  # tests/numpy_reference.py (tests/ is on pytest's path)
 
     def weights(layer):
         return [np.asarray(w, np.float64) for w in layer.weights]
