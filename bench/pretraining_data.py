@@ -1,13 +1,15 @@
-"""Pre-training data throughput: ours (common.pretraining_data) against Google BERT's create_pretraining_data.py.
+"""Pre-training data at scale: `danmaku.create_pretraining_data` (common.pretraining_data's two-pass, memory-mapped
+path) on synthetic danmaku of growing size, beside Google BERT's create_pretraining_data.py on a sample it can hold.
 
-Both turn the same synthetic corpus file (one sentence a line, blank lines between documents) into MLM + NSP
-TFRecords with the same settings and the same WordPiece tokenization (ours is Google-exact); the corpus's words
-follow Zipf's law, as natural text does. Google's script comes
-from the PyPI wheel `bert-tensorflow==1.0.4`, downloaded with pip into a temporary folder (never installed); if that
-fails the JSON says so. Prints one JSON line: instances/s of each (wall clock, and an idle-machine estimate from CPU
-time: CPU seconds / workers), the ratios and the 10x target.
+The corpus imitates bullet comments: videos of 50-3,000 comments of 1-30 characters, characters Zipf-distributed over
+~3,500 CJK characters plus "233", "awsl" and emoji (out of vocabulary), written as blank-line separated documents
+over several text files. Every size runs in a fresh process, so its peak resident memory (this process; the largest
+worker) is its own; `num_shards` grows with the size so that one shard (shuffled in memory at the end) stays the same
+size. Google's script comes from the PyPI wheel `bert-tensorflow==1.0.4`, downloaded with pip into a temporary folder
+(never installed) and run on the same sample as ours with the same settings and the same tokenization; if pip
+cannot get it the JSON says so. Prints one JSON line.
 
-    python bench/pretraining_data.py [--documents 2000] [--workers 2] [--dupe_factor 5] [--repeats 3]
+    python bench/pretraining_data.py [--sizes_mb 8,32,128] [--google_mb 4] [--workers 2] [--dupe_factor 10]
 """
 
 from __future__ import annotations
@@ -18,109 +20,91 @@ import json
 import os
 import random
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import zipfile
 
-from common import cli  # noqa: E402
-
-cli.quiet_tensorflow()  # Google's script imports TensorFlow
-
-from common import pretraining_data  # noqa: E402
-from common.tokenization import BertTokenizer, write_vocab  # noqa: E402
+import numpy as np
 
 SETTINGS = dict(max_seq_length=128, max_predictions_per_seq=20, masked_lm_prob=0.15, short_seq_prob=0.1,
                 random_seed=12345)
-SUFFIXES = ["##s", "##ing", "##ed", "##er", "##ly"]
+SHARD_MB_OF_TEXT = 16  # text megabytes per output shard: bounds the in-memory shuffle of one shard
+FILE_MB = 32  # text megabytes per corpus file
 
 
-def make_corpus(directory: str, num_documents: int, seed: int = 0) -> tuple[str, str]:
-    """A vocabulary of made-up words and WordPiece suffixes, and a corpus file in Google's input format."""
-    rng = random.Random(seed)
-    syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "po", "qua", "dri"]
-    words = sorted({"".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(6000)})
-    rng.shuffle(words)
-    zipf_weights = [1.0 / rank for rank in range(1, len(words) + 1)]  # word frequencies of natural text
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + words + SUFFIXES
-    vocab_path = os.path.join(directory, "vocab.txt")
-    write_vocab(vocab, vocab_path)
-    corpus_path = os.path.join(directory, "corpus.txt")
-    with open(corpus_path, "w", encoding="utf-8") as handle:
-        for _ in range(num_documents):
-            for _ in range(rng.randint(5, 30)):
-                sentence = []
-                for _ in range(rng.randint(6, 24)):
-                    word = rng.choices(words, zipf_weights)[0]
-                    if rng.random() < 0.15:
-                        word += rng.choice(SUFFIXES)[2:]  # split again by WordPiece
-                    sentence.append(word.capitalize() if not sentence else word)
-                handle.write(" ".join(sentence) + ".\n")
-            handle.write("\n")
-    return vocab_path, corpus_path
+def _characters() -> list[str]:
+    common = [chr(code) for code in range(0x4E00, 0x4E00 + 3500)]  # the first CJK block stands in for common hanzi
+    return common + list("，。！？～…") + ["233", "awsl", "2333333", "hhh", "yyds", "😂", "🐱"]
 
 
-def read_documents(corpus_path: str):
-    """Documents of Google's input format: sentences one a line, a blank line ends a document."""
-    document = []
-    with open(corpus_path, encoding="utf-8") as handle:
-        for line in handle:
-            line = line.strip()
-            if line:
-                document.append(line)
-            elif document:
-                yield document
-                document = []
-    if document:
-        yield document
+def write_vocab(path: str) -> None:
+    # Emoji stay out of the vocabulary: they become [UNK], as in real danmaku with a Chinese BERT vocabulary.
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [c for c in _characters() if c not in ("😂", "🐱")]
+    vocab = [token for token in vocab if len(token) == 1 or token.isascii()]
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(dict.fromkeys(vocab)) + "\n")
+
+
+def make_corpus(directory: str, megabytes: float, seed: int = 0) -> list[str]:
+    """Blank-line separated videos of comments, about `megabytes` of UTF-8 over files of FILE_MB."""
+    rng = np.random.default_rng(seed)
+    characters = np.array(_characters(), dtype=object)
+    weights = 1.0 / np.arange(1, len(characters) + 1) ** 1.05
+    weights /= weights.sum()
+    target, written, paths = int(megabytes * 1e6), 0, []
+    handle = None
+    while written < target:
+        if handle is None or handle.tell() >= FILE_MB * 1e6:
+            if handle is not None:
+                handle.close()
+            paths.append(os.path.join(directory, f"danmaku-{len(paths):03d}.txt"))
+            handle = open(paths[-1], "wb")
+        num_comments = int(rng.integers(50, 3000))
+        lengths = np.minimum(rng.geometric(0.12, num_comments), 30)
+        picks = characters[rng.choice(len(characters), size=int(lengths.sum()), p=weights)]
+        ends = np.cumsum(lengths)
+        comments = ["".join(picks[end - length:end]) for end, length in zip(ends.tolist(), lengths.tolist())]
+        data = ("\n".join(comments) + "\n\n").encode("utf-8")
+        handle.write(data)
+        written += len(data)
+    handle.close()
+    return paths
+
+
+def _peak_rss_mb() -> tuple[float, float]:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return round(own, 1), round(children, 1)
 
 
 def _cpu_seconds() -> float:
-    """CPU time of this process and its finished children (the worker processes)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def _timed(function, workers: int, repeats: int) -> dict:
-    """Runs `function` (returning instance statistics) `repeats` times: best and median wall seconds, CPU seconds.
+def run_ours_here(input_glob: str, vocab_path: str, output_dir: str, workers: int, dupe_factor: int,
+                  num_shards: int) -> dict:
+    """One size, in this (fresh) process: wall/CPU seconds, throughput and peak memory."""
+    from danmaku.data import create_pretraining_data
 
-    The machine is shared, so the best run is the least disturbed one; CPU seconds / workers estimates the wall
-    time on idle cores.
-    """
-    walls, cpus = [], []
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), _cpu_seconds()
-        stats = function()
-        walls.append(time.perf_counter() - wall)
-        cpus.append(_cpu_seconds() - cpu)
-    instances, best_wall, best_cpu = stats["instances"], min(walls), min(cpus)
-    return {**stats, "wall_seconds_best": round(best_wall, 2),
-            "wall_seconds_median": round(statistics.median(walls), 2),
-            "cpu_seconds_best": round(best_cpu, 2), "instances_per_s": round(instances / best_wall, 1),
-            "instances_per_s_idle_estimate": round(instances / max(best_cpu / workers, best_wall / 50), 1)}
-
-
-def _summary(instances: int, random_next: int, tokens: int, masked: int) -> dict:
-    """What both implementations should agree on (Google's algorithm, other random numbers)."""
-    return {"instances": instances, "random_next_share": round(random_next / instances, 4),
-            "mean_tokens": round(tokens / instances, 2), "masked_per_instance": round(masked / instances, 3)}
-
-
-def run_ours(vocab_path, corpus_path, output_dir, workers, dupe_factor, repeats) -> dict:
-    tokenizer = BertTokenizer.from_vocab_file(vocab_path, lowercase=True)
-
-    def write():
-        stats = pretraining_data.write_pretraining_data(
-            lambda: read_documents(corpus_path), os.path.join(output_dir, "ours"), vocab_path,
-            tokenize=tokenizer.tokenize, num_shards=workers, num_workers=workers, progress=False,
-            dupe_factor=dupe_factor, **SETTINGS)
-        instances = stats["instances"]
-        return _summary(instances, round(stats["random_next_share"] * instances),
-                        round(stats["mean_tokens"] * instances), stats["masked_tokens"])
-
-    return _timed(write, workers, repeats)
+    text_bytes = sum(os.path.getsize(path) for path in glob.glob(input_glob))
+    wall, cpu = time.perf_counter(), _cpu_seconds()
+    stats = create_pretraining_data(input_glob, os.path.join(output_dir, "ours.tfrecord"), vocab_path,
+                                    num_shards=num_shards, num_workers=workers, progress=False,
+                                    dupe_factor=dupe_factor, **SETTINGS)
+    wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+    main_mb, worker_mb = _peak_rss_mb()
+    output_bytes = sum(os.path.getsize(path) for path in stats["files"])
+    return {"text_mb": round(text_bytes / 1e6, 1), "documents": stats["documents"], "comments": stats["comments"],
+            "instances": stats["instances"], "num_shards": num_shards, "store_tokens": stats["store_tokens"],
+            "output_mb": round(output_bytes / 1e6, 1), "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+            "text_mb_per_s": round(text_bytes / 1e6 / wall, 3), "instances_per_s": round(stats["instances"] / wall, 1),
+            "instances_per_cpu_s": round(stats["instances"] / cpu, 1),
+            "random_next_share": round(stats["random_next_share"], 4), "mean_tokens": round(stats["mean_tokens"], 2),
+            "peak_rss_mb_main": main_mb, "peak_rss_mb_largest_worker": worker_mb,
+            "load_average_1min_after": round(os.getloadavg()[0], 2)}
 
 
 def fetch_google(directory: str) -> str | None:
@@ -135,57 +119,111 @@ def fetch_google(directory: str) -> str | None:
     return None
 
 
-def run_google(google_dir, vocab_path, corpus_path, output_dir, dupe_factor, repeats) -> dict:
+def run_google_here(google_dir: str, input_glob: str, vocab_path: str, output_dir: str, dupe_factor: int) -> dict:
+    """Google's create_training_instances + write_instance_to_example_files on the sample, in this process."""
     sys.path.insert(0, google_dir)
+    from common import cli
+
+    cli.quiet_tensorflow()
     from absl import flags
     import tensorflow.compat.v1 as tf1
     from bert import create_pretraining_data as google
     from bert import tokenization as google_tokenization
 
-    flags.FLAGS.mark_as_parsed()  # the modules read flag defaults (e.g. preserve_unused_tokens)
+    flags.FLAGS.mark_as_parsed()  # the modules read flag defaults
     tf1.logging.set_verbosity(tf1.logging.WARN)
+    files = sorted(glob.glob(input_glob))
+    text_bytes = sum(os.path.getsize(path) for path in files)
+    wall, cpu = time.perf_counter(), _cpu_seconds()
     tokenizer = google_tokenization.FullTokenizer(vocab_file=vocab_path, do_lower_case=True)
+    instances = google.create_training_instances(
+        files, tokenizer, SETTINGS["max_seq_length"], dupe_factor, SETTINGS["short_seq_prob"],
+        SETTINGS["masked_lm_prob"], SETTINGS["max_predictions_per_seq"], random.Random(SETTINGS["random_seed"]))
+    google.write_instance_to_example_files(instances, tokenizer, SETTINGS["max_seq_length"],
+                                           SETTINGS["max_predictions_per_seq"],
+                                           [os.path.join(output_dir, "google.tfrecord")])
+    wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
+    count = len(instances)
+    return {"text_mb": round(text_bytes / 1e6, 1), "instances": count, "wall_seconds": round(wall, 1),
+            "cpu_seconds": round(cpu, 1), "instances_per_s": round(count / wall, 1),
+            "instances_per_cpu_s": round(count / cpu, 1),
+            "random_next_share": round(sum(i.is_random_next for i in instances) / count, 4),
+            "mean_tokens": round(sum(len(i.tokens) for i in instances) / count, 2),
+            "peak_rss_mb_main": _peak_rss_mb()[0], "load_average_1min_after": round(os.getloadavg()[0], 2)}
 
-    def write():  # its main() without the flag parsing: read + tokenize, create instances, write
-        rng = random.Random(SETTINGS["random_seed"])
-        instances = google.create_training_instances(
-            [corpus_path], tokenizer, SETTINGS["max_seq_length"], dupe_factor, SETTINGS["short_seq_prob"],
-            SETTINGS["masked_lm_prob"], SETTINGS["max_predictions_per_seq"], rng)
-        google.write_instance_to_example_files(instances, tokenizer, SETTINGS["max_seq_length"],
-                                               SETTINGS["max_predictions_per_seq"],
-                                               [os.path.join(output_dir, "google.tfrecord")])
-        return _summary(len(instances), sum(instance.is_random_next for instance in instances),
-                        sum(len(instance.tokens) for instance in instances),
-                        sum(len(instance.masked_lm_positions) for instance in instances))
 
-    return _timed(write, 1, repeats)  # single-threaded by design
+def _in_fresh_process(arguments: list[str]) -> dict:
+    result = subprocess.run([sys.executable, os.path.abspath(__file__), *arguments], capture_output=True, text=True)
+    if result.returncode != 0:
+        return {"failed": result.stderr.strip().splitlines()[-1:] or ["no output"]}
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--documents", type=int, default=2000)
+    parser.add_argument("--sizes_mb", default="8,32,128", help="corpus sizes for ours, in MB of text")
+    parser.add_argument("--google_mb", type=float, default=4.0, help="sample both run on (0: skip Google's)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--dupe_factor", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each; the best counts")
+    parser.add_argument("--dupe_factor", type=int, default=10)
+    parser.add_argument("--work_dir", default=None, help="where corpora and outputs go (default: a temp folder)")
+    parser.add_argument("--one", nargs=5, metavar=("WHO", "INPUT_GLOB", "VOCAB", "OUTPUT_DIR", "SHARDS_OR_GOOGLE"),
+                        help=argparse.SUPPRESS)  # internal: one run in a fresh process
     args = parser.parse_args(argv)
-    report = {"bench": "pretraining_data", "documents": args.documents, "dupe_factor": args.dupe_factor,
-              "workers": args.workers, "cpu_count": os.cpu_count(), "target_ratio": 10.0,
-              "settings": SETTINGS, "repeats": args.repeats, "load_average_before": os.getloadavg()[0]}
-    with tempfile.TemporaryDirectory() as directory:
-        vocab_path, corpus_path = make_corpus(directory, args.documents)
-        report["ours"] = run_ours(vocab_path, corpus_path, directory, args.workers, args.dupe_factor, args.repeats)
-        google_dir = os.path.join(directory, "google")
-        error = fetch_google(google_dir)
-        if error:
-            report["google"] = {"unavailable": f"pip download bert-tensorflow==1.0.4 failed: {error}"}
+    if args.one:
+        who, input_glob, vocab_path, output_dir, extra = args.one
+        if who == "ours":
+            result = run_ours_here(input_glob, vocab_path, output_dir, args.workers, args.dupe_factor, int(extra))
         else:
-            report["google"] = run_google(google_dir, vocab_path, corpus_path, directory, args.dupe_factor,
-                                          args.repeats)
-            report["ratio"] = round(report["ours"]["instances_per_s"] / report["google"]["instances_per_s"], 2)
-            report["ratio_idle_estimate"] = round(report["ours"]["instances_per_s_idle_estimate"]
-                                                  / report["google"]["instances_per_s_idle_estimate"], 2)
-            report["meets_target"] = report["ratio"] >= report["target_ratio"]
-    report["load_average_after"] = os.getloadavg()[0]
+            result = run_google_here(extra, input_glob, vocab_path, output_dir, args.dupe_factor)
+        print(json.dumps(result))
+        return result
+
+    sizes = [float(size) for size in args.sizes_mb.split(",") if size]
+    report = {"bench": "pretraining_data", "cpu_count": os.cpu_count(), "workers": args.workers,
+              "dupe_factor": args.dupe_factor, "settings": SETTINGS, "load_average_1min": round(os.getloadavg()[0], 2)}
+    with tempfile.TemporaryDirectory(dir=args.work_dir) as directory:
+        vocab_path = os.path.join(directory, "vocab.txt")
+        write_vocab(vocab_path)
+
+        def corpus(megabytes: float) -> str:
+            folder = os.path.join(directory, f"corpus-{megabytes:g}mb")
+            os.makedirs(folder)
+            make_corpus(folder, megabytes)
+            return os.path.join(folder, "*.txt")
+
+        if args.google_mb > 0:
+            sample = corpus(args.google_mb)
+            output = os.path.join(directory, "out-sample")
+            os.makedirs(output)
+            google_dir = os.path.join(directory, "google")
+            error = fetch_google(google_dir)
+            report["sample_ours"] = _in_fresh_process(
+                ["--workers", str(args.workers), "--dupe_factor", str(args.dupe_factor),
+                 "--one", "ours", sample, vocab_path, output, "1"])
+            if error:
+                report["sample_google"] = {"unavailable": f"pip download bert-tensorflow==1.0.4 failed: {error}"}
+            else:
+                report["sample_google"] = _in_fresh_process(
+                    ["--dupe_factor", str(args.dupe_factor), "--one", "google", sample, vocab_path, output, google_dir])
+                ours, google = report["sample_ours"], report["sample_google"]
+                if "instances_per_s" in ours and "instances_per_s" in google:
+                    report["sample_ratio_instances_per_s"] = round(ours["instances_per_s"] / google["instances_per_s"], 2)
+                    report["sample_ratio_peak_rss"] = round(google["peak_rss_mb_main"] / (
+                        ours["peak_rss_mb_main"] + args.workers * ours["peak_rss_mb_largest_worker"]), 2)
+            for path in glob.glob(os.path.join(output, "*")):
+                os.remove(path)
+        report["sizes"] = []
+        for megabytes in sizes:
+            input_glob = corpus(megabytes)
+            output = os.path.join(directory, f"out-{megabytes:g}mb")
+            os.makedirs(output)
+            shards = max(1, round(megabytes / SHARD_MB_OF_TEXT))
+            report["sizes"].append(_in_fresh_process(
+                ["--workers", str(args.workers), "--dupe_factor", str(args.dupe_factor),
+                 "--one", "ours", input_glob, vocab_path, output, str(shards)]))
+            for path in glob.glob(os.path.join(output, "*")) + glob.glob(input_glob):
+                os.remove(path)  # disk: one size at a time
+    report["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps(report, sort_keys=True))
     return report
 

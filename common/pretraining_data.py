@@ -14,14 +14,15 @@ Order and scale, as Google's script: all documents are shuffled once (seeded), e
 every document, a random-next segment comes from any document of the corpus, and all instances end up shuffled.
 So that corpora far larger than memory work, a first pass tokenizes the documents into a token store (one flat id
 array, sentence offsets, document ranges; memory-mapped files when writing); the second pass reads the documents in
-the shuffled order, `documents_per_block` per task. Each task has its own random streams (`_task_rng`), so workers
-share the tasks (`common.parallel.OrderedPool`) and the output is the same for any number of workers; per-chunk
+the shuffled order, `documents_per_block` (fewer when long: see `_tasks`) per task. Each task has its own random
+streams (`_task_rng`), so workers share the tasks (`common.parallel.OrderedPool`) and the output is the same for any number of workers; per-chunk
 choices are a few scalar draws, and assembly, truncation and masking of a task's instances are vectorised with
 NumPy. Every output file (an even share of every task) is finally shuffled as a whole.
 """
 
 from __future__ import annotations
 
+import array
 import bisect
 import collections
 import collections.abc
@@ -45,6 +46,8 @@ from common.parallel import OrderedPool, task_seed
 from common.tokenization import CLS_TOKEN, CONTINUATION_PREFIX, MASK_TOKEN, SEP_TOKEN, UNK_TOKEN, load_vocab
 
 DEFAULT_DOCUMENTS_PER_BLOCK = 256  # documents per unit of parallel work (tokenizing, then making instances)
+_TASK_TOKENS = 1 << 21  # tokens x dupe passes per instance-making task: about 20k instances, ~100 MB of arrays
+_BLOCK_CHARACTERS = 1 << 21  # characters per tokenizing block
 
 
 @dataclasses.dataclass
@@ -152,7 +155,7 @@ class TokenStore:
             if os.path.getsize(path) == 0:  # np.memmap refuses empty files
                 arrays.append(np.zeros(0, dtype=dtype))
             else:
-                arrays.append(np.memmap(path, dtype=dtype, mode="r"))
+                arrays.append(np.asarray(np.memmap(path, dtype=dtype, mode="r")))  # plain views index faster
         tokens, offsets, documents = arrays
         return cls(tokens, offsets, documents.reshape(-1, 2))
 
@@ -205,7 +208,7 @@ class _TokenStoreWriter:
 def _tokenize_documents(documents: Sequence[Sequence[str]], vocab: _Vocabulary,
                         tokenize: Callable[[str], list[str]] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Documents -> (ids [t] int32, sentence lengths [s], sentences per non-empty document [d])."""
-    ids: list[int] = []
+    ids = array.array("i")  # 4 bytes an id, not a Python int's 28
     sentence_lengths: list[int] = []
     document_sentences: list[int] = []
     lookup = vocab.lookup
@@ -219,7 +222,7 @@ def _tokenize_documents(documents: Sequence[Sequence[str]], vocab: _Vocabulary,
                 count += 1
         if count:
             document_sentences.append(count)
-    return (np.array(ids, dtype=np.int32), np.array(sentence_lengths, dtype=np.int64),
+    return (np.frombuffer(ids, dtype=np.int32).copy(), np.array(sentence_lengths, dtype=np.int64),
             np.array(document_sentences, dtype=np.int64))
 
 
@@ -445,11 +448,12 @@ def _empty_instances(settings: InstanceSettings) -> _InstanceArrays:
                            empty_predictions, empty_predictions.copy(), np.zeros(0, np.int64))
 
 
-def _task_instances(store: TokenStore, document_ids: np.ndarray, task_index: int, settings: InstanceSettings,
+def _task_instances(store: TokenStore, task: tuple[int, np.ndarray, int, int], settings: InstanceSettings,
                     vocab: _Vocabulary) -> _InstanceArrays:
-    """All dupe passes over some documents of the shuffled order, shuffled among themselves."""
+    """Dupe passes [first, end) over some documents of the shuffled order (a `_tasks` item), shuffled together."""
+    task_index, document_ids, first_pass, end_pass = task
     spans = []
-    for pass_index in range(settings.dupe_factor):
+    for pass_index in range(first_pass, end_pass):
         seed = _task_rng(settings, task_index, _SEGMENTING, pass_index).generate_state(4)
         spans.extend(_segment_pass(store, document_ids.tolist(), settings,
                                    random.Random(int.from_bytes(seed.tobytes(), "little"))))
@@ -485,19 +489,48 @@ def _check_document(document, index: int) -> list[str]:
 
 
 def _iter_blocks(documents, documents_per_block: int) -> Iterator[list[list[str]]]:
-    """Consecutive blocks of documents, the units of tokenization work."""
+    """Consecutive blocks of documents, the units of tokenization work: `documents_per_block` documents, or fewer
+    holding about `_BLOCK_CHARACTERS` characters (a block of long videos stays small)."""
     iterator = (_check_document(document, index) for index, document in enumerate(_iter_documents(documents)))
-    while True:
-        block = list(itertools.islice(iterator, documents_per_block))
-        if not block:
-            return
+    block, characters = [], 0
+    for document in iterator:
+        block.append(document)
+        characters += sum(map(len, document))
+        if len(block) >= documents_per_block or characters >= _BLOCK_CHARACTERS:
+            yield block
+            block, characters = [], 0
+    if block:
         yield block
 
 
-def _task_documents(order: np.ndarray, documents_per_block: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(task index, document ids): consecutive stretches of the shuffled document order."""
-    for task_index, begin in enumerate(range(0, len(order), documents_per_block)):
-        yield task_index, order[begin:begin + documents_per_block]
+def _tasks(store: TokenStore, settings: InstanceSettings) -> Iterator[tuple[int, np.ndarray, int, int]]:
+    """(task index, document ids, first dupe pass, end pass): consecutive stretches of the shuffled document order,
+    at most `documents_per_block` documents and about `_TASK_TOKENS` tokens x passes each (bounds a task's arrays);
+    a document longer than that alone, its passes split over several tasks. A function of the store and the settings
+    only, so the same for any number of workers."""
+    order = _document_order(settings, store.num_documents)
+    starts = store.offsets[store.documents[:, 0]] if store.num_documents else np.zeros(0, np.int64)
+    lengths = (store.offsets[store.documents[:, 1]] - starts)[order] if store.num_documents else starts
+    passes = settings.dupe_factor
+    task_index, begin = 0, 0
+    while begin < len(order):
+        work = int(lengths[begin]) * passes
+        if work > _TASK_TOKENS:  # a long document: its passes a few at a time
+            step = max(1, _TASK_TOKENS // max(1, int(lengths[begin])))
+            for first_pass in range(0, passes, step):
+                yield task_index, order[begin:begin + 1], first_pass, min(passes, first_pass + step)
+                task_index += 1
+            begin += 1
+            continue
+        end = begin + 1
+        while end < len(order) and end - begin < settings.documents_per_block:
+            work += int(lengths[end]) * passes
+            if work > _TASK_TOKENS:
+                break
+            end += 1
+        yield task_index, order[begin:end], 0, passes
+        task_index += 1
+        begin = end
 
 
 # ---- the public API ------------------------------------------------------------------------------------------
@@ -529,10 +562,8 @@ def create_training_instances(documents: Iterable[Sequence[str]], vocab_words: S
         writer.append(*_tokenize_documents(block, vocab, tokenize))
     store = writer.finish()
     instances = []
-    for task_index, document_ids in _task_documents(_document_order(settings, store.num_documents),
-                                                    settings.documents_per_block):
-        instances.extend(_to_training_instances(_task_instances(store, document_ids, task_index, settings, vocab),
-                                                vocab))
+    for task in _tasks(store, settings):
+        instances.extend(_to_training_instances(_task_instances(store, task, settings, vocab), vocab))
     # All instances in one random order, as Google's script leaves them.
     rng = np.random.default_rng(np.random.SeedSequence([settings.random_seed], spawn_key=(2,)))
     order = rng.permutation(len(instances))
@@ -635,11 +666,11 @@ def _tokenize_task(documents: list[list[str]]) -> tuple[np.ndarray, np.ndarray, 
 def _write_task(task) -> dict:
     """Second pass (runs in a worker): some documents of the shuffled order -> their instances serialized and
     framed per shard, and their statistics."""
-    task_index, document_ids = task
+    task_index, document_ids, first_pass, _ = task
     settings, vocab, num_shards = _worker_state["settings"], _worker_state["vocab"], _worker_state["num_shards"]
     if _worker_state["store"] is None:  # opened once per worker, after the first pass wrote it
         _worker_state["store"] = TokenStore.open(_worker_state["store_folder"])
-    arrays = _task_instances(_worker_state["store"], document_ids, task_index, settings, vocab)
+    arrays = _task_instances(_worker_state["store"], task, settings, vocab)
     framed = []
     if len(arrays):
         # Shards take the task's (shuffled) instances in turn from a seeded start: balanced and worker-independent.
@@ -658,7 +689,7 @@ def _write_task(task) -> dict:
                 framed.append((shard, tfrecords.frame_records(shard_records), count))
                 first += count
     valid = np.arange(arrays.masked_lm_ids.shape[1])[None, :] < arrays.masked_lm_counts[:, None]
-    return {"framed": framed, "documents": len(document_ids), "instances": len(arrays),
+    return {"framed": framed, "documents": len(document_ids) if first_pass == 0 else 0, "instances": len(arrays),
             "masked_tokens": int(arrays.masked_lm_counts.sum()),
             "masked_unk": int(((arrays.masked_lm_ids == vocab.unk_id) & valid).sum()),
             "random_next": int(arrays.is_random_next.sum()), "tokens": int(arrays.lengths.sum())}
@@ -671,14 +702,17 @@ def _progress_bar(enabled: bool, total: int | None = None, unit: str = "doc", de
     return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, mininterval=1.0)
 
 
-def _frame_bounds(framed: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end offsets of every TFRecord frame (8-byte length, 4-byte CRC, data, 4-byte CRC) in a file's bytes."""
+def _frame_bounds(handle) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end offsets of every TFRecord frame (8-byte length, 4-byte CRC, data, 4-byte CRC) of an open file,
+    read header by header (the records themselves are skipped, not read)."""
+    size = os.fstat(handle.fileno()).st_size
     starts, ends = [], []
-    position, size = 0, len(framed)
+    position = 0
     while position < size:
-        if position + 12 > size:
+        header = os.pread(handle.fileno(), 8, position)
+        if len(header) < 8 or position + 12 > size:
             raise ValueError("truncated TFRecord frame")
-        (length,) = struct.unpack_from("<Q", framed, position)
+        (length,) = struct.unpack("<Q", header)
         starts.append(position)
         position += 16 + length
         ends.append(position)
@@ -687,12 +721,24 @@ def _frame_bounds(framed: bytes) -> tuple[np.ndarray, np.ndarray]:
     return np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64)
 
 
-def _shuffled_frames(framed: bytes, rng: np.random.Generator) -> tuple[bytes, int]:
-    """The file's frames in a random order (frames are self-contained: moving them needs no re-framing)."""
-    starts, ends = _frame_bounds(framed)
-    view = memoryview(framed)
-    order = rng.permutation(len(starts))
-    return b"".join(view[start:end] for start, end in zip(starts[order].tolist(), ends[order].tolist())), len(starts)
+_SHUFFLE_WRITE_BYTES = 1 << 23  # frames gathered per write while shuffling a file
+
+
+def _write_shuffled(spill_path: str, writer: "tfrecords.TFRecordFileWriter", rng: np.random.Generator) -> None:
+    """The spill file's frames in a random order (frames are self-contained: moving them needs no re-framing).
+    Memory: the frame offsets and one write buffer, whatever the file's size."""
+    with open(spill_path, "rb") as handle:
+        starts, ends = _frame_bounds(handle)
+        order = rng.permutation(len(starts))
+        buffer, count = bytearray(), 0
+        for start, end in zip(starts[order].tolist(), ends[order].tolist()):
+            buffer += os.pread(handle.fileno(), end - start, start)
+            count += 1
+            if len(buffer) >= _SHUFFLE_WRITE_BYTES:
+                writer.write_framed(bytes(buffer), count)
+                buffer, count = bytearray(), 0
+        if count:
+            writer.write_framed(bytes(buffer), count)
 
 
 def output_paths(output, num_shards: int = 1) -> list[str]:
@@ -732,9 +778,9 @@ def write_pretraining_data(documents, output_prefix, vocab_file: str, *, tokeniz
     beside the outputs, removed at the end); the second pass makes the instances of `documents_per_block` documents
     of the shuffled order per task. `num_workers` processes (default: all cores) share both passes; the files are
     the same for any number of workers and appear only when complete. Every task's instances are dealt evenly to
-    the files; with `shuffle` each file is then permuted as a whole (in memory, one file at a time: choose
-    `num_shards` so that one fits), as Google shuffles all instances. `tokenize` must be picklable (a module-level
-    function or a tokenizer's bound method) when workers are used. `instance_kwargs` are
+    the files; with `shuffle` each file is then permuted as a whole (record by record from a spill file: memory
+    stays flat), as Google shuffles all instances. `tokenize` must be picklable (a module-level function or a
+    tokenizer's bound method) when workers are used. `instance_kwargs` are
     `create_training_instances`'s. Returns the statistics: documents, instances, masked_tokens, masked_unk_share
     (share of masked tokens that are [UNK]), random_next_share, mean_tokens (per instance, [CLS]/[SEP] included),
     store_tokens, files.
@@ -787,9 +833,8 @@ def write_pretraining_data(documents, output_prefix, vocab_file: str, *, tokeniz
         else:
             handles = [stack.enter_context(io_utils.atomic_output(path, "wb")) for path in paths]
         writers = [tfrecords.TFRecordFileWriter(handle) for handle in handles]
-        tasks = _task_documents(_document_order(settings, store.num_documents), settings.documents_per_block)
         with _progress_bar(progress, store.num_documents) as bar:
-            for result in pool.map(_write_task, tasks):
+            for result in pool.map(_write_task, _tasks(store, settings)):
                 for shard, framed, count in result.pop("framed"):
                     writers[shard].write_framed(framed, count)
                 totals.update(result)
@@ -804,12 +849,9 @@ def write_pretraining_data(documents, output_prefix, vocab_file: str, *, tokeniz
                                                                 "shuffling shards"))
                 for shard, (spill, path) in enumerate(zip(spills, paths)):
                     writer = outputs.enter_context(tfrecords.atomic_tfrecord_writer(path))
-                    with open(spill, "rb") as handle:
-                        framed = handle.read()
-                    os.remove(spill)
                     rng = np.random.default_rng(np.random.SeedSequence([settings.random_seed, shard], spawn_key=(1,)))
-                    writer.write_framed(*_shuffled_frames(framed, rng))
-                    del framed
+                    _write_shuffled(spill, writer, rng)
+                    os.remove(spill)
                     if shard_bar is not None:
                         shard_bar.update(1)
     masked = totals["masked_tokens"]

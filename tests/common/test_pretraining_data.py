@@ -373,6 +373,31 @@ def test_blocks_of_documents_and_small_tasks_still_draw_random_next():
     assert any(instance.is_random_next for instance in instances)
 
 
+def test_tasks_cover_every_document_and_pass_once_and_long_documents_split_their_passes(monkeypatch):
+    documents = _corpus(seed=11, num_documents=30, sentences=(2, 60))
+    monkeypatch.setattr(pretraining_data, "_TASK_TOKENS", 400)  # many documents alone, some split by passes
+    settings = pretraining_data._settings(dupe_factor=5, documents_per_block=4)
+    vocab = pretraining_data._Vocabulary(VOCAB)
+    writer = pretraining_data._TokenStoreWriter(None)
+    writer.append(*pretraining_data._tokenize_documents(documents, vocab, None))
+    store = writer.finish()
+    covered = collections.Counter()
+    sizes = []
+    for task_index, (index, document_ids, first_pass, end_pass) in enumerate(pretraining_data._tasks(store, settings)):
+        assert index == task_index and 1 <= len(document_ids) <= 4
+        tokens = sum(int(store.offsets[store.documents[d, 1]] - store.offsets[store.documents[d, 0]])
+                     for d in document_ids)
+        # Within the budget, or one document that alone exceeds it in a single pass.
+        assert tokens * (end_pass - first_pass) <= 400 or (len(document_ids) == 1 and end_pass - first_pass == 1)
+        sizes.append((len(document_ids), end_pass - first_pass))
+        covered.update((int(d), p) for d in document_ids for p in range(first_pass, end_pass))
+    assert covered == collections.Counter({(d, p): 1 for d in range(30) for p in range(5)})
+    assert any(passes < 5 for _, passes in sizes) and any(count > 1 for count, _ in sizes)
+    instances = pretraining_data.create_training_instances(documents, VOCAB, dupe_factor=5, documents_per_block=4,
+                                                           max_seq_length=32)
+    assert all(_segments(instance)[1] for instance in instances)
+
+
 def test_random_next_segments_come_from_the_whole_corpus():
     """Google draws the random-next document from all documents: with 2,000 documents and tasks of 256, the share of
     random-next segments from the source document's own 256-document neighbourhood is about 256/2,000, not 1."""
