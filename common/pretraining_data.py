@@ -639,13 +639,16 @@ def pretraining_feature_spec(max_seq_length: int, max_predictions_per_seq: int, 
 
 def make_pretraining_dataset(file_patterns, batch_size: int, max_seq_length: int, max_predictions_per_seq: int,
                              is_training: bool, seed: int | None = None, next_sentence: bool = True,
-                             input_context=None, cycle_length: int = 4, shuffle_buffer: int = 100):
+                             input_context=None, cycle_length: int = 4, shuffle_buffer: int = 100,
+                             repeat: bool | None = None, drop_remainder: bool | None = None):
     """Batched pre-training features from the written TFRecords (Google's `input_fn_builder`: for training the
-    files are shuffled and `cycle_length` of them interleaved, then records shuffled in a `shuffle_buffer`)."""
+    files are shuffled and `cycle_length` of them interleaved, then records shuffled in a `shuffle_buffer`; Google's
+    evaluation input also repeats and drops the remainder: pass `repeat=True, drop_remainder=True`). `repeat` and
+    `drop_remainder` default to `is_training`."""
     spec = pretraining_feature_spec(max_seq_length, max_predictions_per_seq, next_sentence)
     return tfrecords.make_dataset(file_patterns, spec, batch_size, is_training, seed=seed,
                                   shuffle_buffer=shuffle_buffer, input_context=input_context,
-                                  cycle_length=cycle_length)
+                                  cycle_length=cycle_length, repeat=repeat, drop_remainder=drop_remainder)
 
 
 # ---- writing, in parallel --------------------------------------------------------------------------------------

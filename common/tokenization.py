@@ -22,6 +22,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from common import io_utils
 from common.io_utils import atomic_write_text, read_json
 
 PAD_TOKEN = "[PAD]"
@@ -45,7 +46,7 @@ class VocabError(ValueError):
 def load_vocab(path: str | os.PathLike) -> dict[str, int]:
     """Reads `vocab.txt` (one token a line, id = 0-based line index) into an ordered token -> id dict."""
     path = os.fspath(path)
-    with open(path, "rb") as handle:
+    with io_utils.open_file(path, "rb") as handle:  # local or tf.io.gfile (gs://)
         raw = handle.read()
     try:
         text = raw.decode("utf-8-sig")
@@ -266,10 +267,10 @@ class BertTokenizer:
         without it (Google checkpoints) the default is lower-casing, unless `lowercase` is given.
         """
         folder = os.fspath(folder)
-        vocab_path = os.path.join(folder, "vocab.txt")
-        if not os.path.isfile(vocab_path):
+        vocab_path = io_utils.join(folder, "vocab.txt")
+        if not io_utils.isfile(vocab_path):
             raise VocabError(f"{vocab_path}: no vocabulary file in {folder}")
-        settings = _read_tokenizer_config(os.path.join(folder, "tokenizer_config.json"))
+        settings = _read_tokenizer_config(io_utils.join(folder, "tokenizer_config.json"))
         if lowercase is None:
             lowercase = settings.get("do_lower_case", True)
         special = {role: settings[role] for role in ("unk_token", "cls_token", "sep_token")
@@ -402,7 +403,7 @@ class BertTokenizer:
 
 
 def _read_tokenizer_config(path: str) -> dict:
-    if not os.path.isfile(path):
+    if not io_utils.isfile(path):
         return {}
     return read_json(path, expect=dict)
 
@@ -413,7 +414,7 @@ def iter_file_lines(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
     """Lines of UTF-8 text files, without their line ends; bad bytes raise naming file and line."""
     for path in paths:
         path = os.fspath(path)
-        with open(path, "rb") as handle:
+        with io_utils.open_file(path, "rb") as handle:
             for line_number, raw_line in enumerate(handle, start=1):
                 try:
                     yield raw_line.decode("utf-8").rstrip("\r\n")

@@ -16,13 +16,12 @@ on the training data and on the evaluation data. Outputs in `output_dir`:
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Mapping
 
 import tensorflow as tf
 from absl import logging
 
+from common import io_utils
 from common.checkpoints import GOOGLE_CONFIG_FILE, GOOGLE_VOCAB_FILE, save_google_checkpoint
 from common.cli import UserError
 from common.config import BertConfig, BertConfigError
@@ -81,7 +80,7 @@ def format_eval_results(metrics: Mapping[str, float]) -> str:
 def read_eval_results(path: str) -> dict[str, float]:
     """Parses an `eval_results.txt` (ours or Google's) back into numbers."""
     values = {}
-    with open(path, encoding="utf-8") as handle:
+    with io_utils.open_file(path) as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -103,10 +102,26 @@ def format_table(rows: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def tpu_address(tpu: str | None, tpu_name: str | None, master: str | None) -> str | None:
+    """Google's TPU flags -> the TPU for `TPUClusterResolver`: --tpu (ours), else --tpu_name, else --master's
+    grpc:// address (Google passes --master to the TPU run config when no --tpu_name is given)."""
+    return tpu or tpu_name or master
+
+
+def check_tpu_cores(num_replicas: int, num_tpu_cores: int | None) -> None:
+    """--num_tpu_cores against the strategy: more than the TPU has is an error; fewer is reported (all are used)."""
+    if not num_tpu_cores:
+        return
+    if num_tpu_cores > num_replicas:
+        raise UserError(f"--num_tpu_cores={num_tpu_cores} but the TPU has {num_replicas} cores")
+    if num_tpu_cores < num_replicas:
+        logging.warning("--num_tpu_cores=%d: the TPU strategy uses all %d cores", num_tpu_cores, num_replicas)
+
+
 # ---- model -------------------------------------------------------------------------------------
 
 def _folder_of(path: str) -> str:
-    return path if os.path.isdir(path) else os.path.dirname(path)
+    return path if io_utils.isdir(path) else io_utils.dirname(path)
 
 
 def resolve_config(settings: PretrainingSettings) -> tuple[BertConfig, str]:
@@ -114,18 +129,18 @@ def resolve_config(settings: PretrainingSettings) -> tuple[BertConfig, str]:
     candidates = []
     if settings.bert_config_file:
         candidates.append(settings.bert_config_file)
-    candidates.append(os.path.join(settings.output_dir, GOOGLE_CONFIG_FILE))
+    candidates.append(io_utils.join(settings.output_dir, GOOGLE_CONFIG_FILE))
     if settings.init_checkpoint:
-        candidates.append(os.path.join(_folder_of(settings.init_checkpoint), GOOGLE_CONFIG_FILE))
+        candidates.append(io_utils.join(_folder_of(settings.init_checkpoint), GOOGLE_CONFIG_FILE))
     for path in candidates:
-        if os.path.isfile(path):
+        if io_utils.isfile(path):
             try:
                 return BertConfig.from_json_file(path), path
             except BertConfigError as error:  # names the file and the key
                 raise UserError(str(error)) from None
     if settings.bert_config_file:
         raise UserError(f"{settings.bert_config_file}: no such --bert_config_file")
-    if settings.init_checkpoint and os.path.isfile(os.path.join(settings.init_checkpoint, "config.json")):
+    if settings.init_checkpoint and io_utils.isfile(io_utils.join(settings.init_checkpoint, "config.json")):
         from common.checkpoints import load_pretrained_folder  # Hugging Face / keras-hub folder
         return load_pretrained_folder(settings.init_checkpoint).config, settings.init_checkpoint
     raise UserError("--bert_config_file is required (no bert_config.json in --output_dir or beside "
@@ -136,13 +151,12 @@ def resolve_vocab(settings: PretrainingSettings) -> str | None:
     candidates = [settings.vocab_file] if settings.vocab_file else []
     if settings.init_checkpoint:
         folder = _folder_of(settings.init_checkpoint)
-        candidates += [os.path.join(folder, GOOGLE_VOCAB_FILE),
-                       os.path.join(folder, "assets", "tokenizer", "vocabulary.txt")]
+        candidates += [io_utils.join(folder, GOOGLE_VOCAB_FILE),
+                       io_utils.join(folder, "assets", "tokenizer", "vocabulary.txt")]
     if settings.bert_config_file:
-        candidates.append(os.path.join(os.path.dirname(os.path.abspath(settings.bert_config_file)),
-                                       GOOGLE_VOCAB_FILE))
+        candidates.append(io_utils.join(io_utils.dirname(settings.bert_config_file), GOOGLE_VOCAB_FILE))
     for path in candidates:
-        if path and os.path.isfile(path):
+        if path and io_utils.isfile(path):
             return path
     if settings.vocab_file:
         raise UserError(f"{settings.vocab_file}: no such --vocab_file")
@@ -211,15 +225,21 @@ def check_record_files(files: list[str], settings: PretrainingSettings) -> None:
 # ---- evaluation ---------------------------------------------------------------------------------
 
 def make_eval_dataset(input_file: str, settings: PretrainingSettings) -> tf.data.Dataset:
+    """Google's evaluation input: the files in order, repeated, in batches of exactly eval_batch_size (static shapes
+    on TPU however small the eval set); `max_eval_steps` batches are evaluated."""
     from common.pretraining_data import make_pretraining_dataset
 
     return make_pretraining_dataset(resolve_record_files(input_file), settings.eval_batch_size,
                                     settings.max_seq_length, settings.max_predictions_per_seq,
-                                    is_training=False)
+                                    is_training=False, repeat=True, drop_remainder=True)
 
 
 def evaluate_pretrainer(strategy, model, input_file: str, settings: PretrainingSettings, global_step: int) -> dict:
     from common.training import bert_pretraining_loss_fn, evaluate
+
+    if settings.max_eval_steps < 1:
+        raise UserError(f"--max_eval_steps must be at least 1 (the evaluation input repeats), got "
+                        f"{settings.max_eval_steps}")
 
     results = evaluate(strategy, model, make_eval_dataset(input_file, settings), bert_pretraining_loss_fn,
                        max_steps=settings.max_eval_steps, progress=settings.progress)
@@ -229,7 +249,7 @@ def evaluate_pretrainer(strategy, model, input_file: str, settings: PretrainingS
 def _write_eval_scalars(output_dir: str, name: str, metrics: Mapping[str, float]) -> None:
     from common.training import write_scalars
 
-    writer = tf.summary.create_file_writer(os.path.join(output_dir, "eval_" + name))
+    writer = tf.summary.create_file_writer(io_utils.join(output_dir, "eval_" + name))
     try:
         write_scalars(writer, int(metrics["global_step"]),
                       {key: value for key, value in metrics.items() if key != "global_step"})
@@ -268,15 +288,14 @@ def run_pretraining(strategy, settings: PretrainingSettings) -> dict:
         write_model_folder_files(settings.output_dir, config, resolve_vocab(settings), run_config)
 
     rows: dict[str, dict] = {}
-    init_path = os.path.join(settings.output_dir, INIT_RESULTS_FILE)
+    init_path = io_utils.join(settings.output_dir, INIT_RESULTS_FILE)
     if settings.do_eval:
         if not resuming:
             rows["before_training"] = evaluate_pretrainer(strategy, model, eval_file, settings, 0)
             if chief:
                 atomic_write_json(init_path, rows["before_training"])
-        elif os.path.isfile(init_path):
-            with open(init_path, encoding="utf-8") as handle:
-                rows["before_training"] = json.load(handle)
+        elif io_utils.isfile(init_path):
+            rows["before_training"] = io_utils.read_json(init_path, UserError, expect=dict)
 
     final_step = 0
     train_result = None
@@ -306,7 +325,7 @@ def run_pretraining(strategy, settings: PretrainingSettings) -> dict:
                              progress=settings.progress, **eval_kwargs)
         final_step = train_result.final_step
         if chief:
-            google_prefix = os.path.join(settings.output_dir, f"model.ckpt-{final_step}")
+            google_prefix = io_utils.join(settings.output_dir, f"model.ckpt-{final_step}")
             save_google_checkpoint(model.encoder, google_prefix, masked_lm_head=model.masked_lm,
                                    next_sentence_head=model.next_sentence)
             logging.info("wrote %s (Google's variable names)", google_prefix)
@@ -317,9 +336,9 @@ def run_pretraining(strategy, settings: PretrainingSettings) -> dict:
         rows["train"] = evaluate_pretrainer(strategy, model, settings.input_file, settings, final_step)
         rows["eval"] = evaluate_pretrainer(strategy, model, eval_file, settings, final_step)
         if chief:
-            atomic_write_text(os.path.join(settings.output_dir, "eval_results.txt"),
+            atomic_write_text(io_utils.join(settings.output_dir, "eval_results.txt"),
                               format_eval_results(rows["eval"]))
-            atomic_write_json(os.path.join(settings.output_dir, "eval_results.json"), rows)
+            atomic_write_json(io_utils.join(settings.output_dir, "eval_results.json"), rows)
             for name, metrics in rows.items():
                 _write_eval_scalars(settings.output_dir, name, metrics)
     return {"rows": rows, "final_step": final_step, "loaded_from": loaded_from,

@@ -51,6 +51,10 @@ flags.DEFINE_integer("iterations_per_loop", 1000, "Steps per compiled call (Goog
 flags.DEFINE_integer("max_eval_steps", 100, "Maximum number of eval steps.")
 flags.DEFINE_bool("use_tpu", False, "Whether to use TPU (same as --strategy=tpu).")
 flags.DEFINE_string("tpu_name", None, "The Cloud TPU to use (same as --tpu).")
+flags.DEFINE_string("master", None, "[Optional] TensorFlow master URL: with --use_tpu and no --tpu_name, the TPU's "
+                    "grpc:// address.")
+flags.DEFINE_integer("num_tpu_cores", 8, "Only used if use_tpu is True. Total number of TPU cores to use (the "
+                     "TPU strategy uses every core of the TPU; a different count is reported).")
 # Ours.
 flags.DEFINE_string("eval_input_file", None, "Held-out TFRecords for --do_eval (default: --input_file, "
                     "as Google's script).")
@@ -71,10 +75,14 @@ def main(argv):
     for name in ("input_file", "output_dir"):
         if not FLAGS[name].value:
             raise UserError(f"--{name} is required")
+    from danmaku.pretraining import check_tpu_cores, tpu_address
+
     if FLAGS.use_tpu:
-        FLAGS.strategy, FLAGS.tpu = "tpu", FLAGS.tpu or FLAGS.tpu_name
+        FLAGS.strategy, FLAGS.tpu = "tpu", tpu_address(FLAGS.tpu, FLAGS.tpu_name, FLAGS.master)
     keras.utils.set_random_seed(FLAGS.random_seed)
     strategy = strategy_from_flags(FLAGS)
+    if FLAGS.use_tpu:
+        check_tpu_cores(strategy.num_replicas_in_sync, FLAGS.num_tpu_cores)
     settings = PretrainingSettings(**{field: FLAGS[field].value for field in (
         "input_file", "output_dir", "bert_config_file", "init_checkpoint", "eval_input_file", "vocab_file",
         "train_batch_size", "eval_batch_size", "max_seq_length", "max_predictions_per_seq", "num_train_steps",
@@ -88,7 +96,7 @@ def main(argv):
             for key in sorted(eval_row):
                 logging.info("  %s = %s", key, eval_row[key])
         print(format_table(result["rows"]), flush=True)
-        print(f"wrote {os.path.join(FLAGS.output_dir, 'eval_results.txt')}", flush=True)
+        print(f"wrote {FLAGS.output_dir.rstrip('/')}/eval_results.txt", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Corpus -> TFRecords -> continued pre-training from a Google folder -> the four numbers -> served by the CLI."""
 
+import glob
 import os
 import random
 import signal
@@ -21,8 +22,10 @@ from common.embeddings import SentenceEncoder
 from danmaku.client import BertClient
 from danmaku.data import create_pretraining_data
 from danmaku.models import load_model
-from danmaku.pretraining import (PretrainingSettings, build_pretrainer, format_table, read_eval_results,
-                                  run_pretraining, warm_start_pretrainer)
+from common.pretraining_data import pretraining_feature_spec
+from danmaku.pretraining import (PretrainingSettings, _restore_model_only, build_pretrainer, check_tpu_cores,
+                                  format_table, read_eval_results, run_pretraining, tpu_address,
+                                  warm_start_pretrainer)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GOOGLE_KEYS = {"global_step", "loss", "masked_lm_accuracy", "masked_lm_loss", "next_sentence_accuracy",
@@ -69,6 +72,27 @@ def trained(tmp_path_factory, tiny_model_dir, corpus_lines):
     return settings, result
 
 
+def _google_eval_by_hand(model, settings):
+    """Google's eval metrics in NumPy over max_eval_steps x eval_batch_size records of the repeated eval files."""
+    files = sorted(glob.glob(settings.eval_input_file[: -len(".tfrecord")] + "*.tfrecord"))
+    count = sum(1 for _ in tf.data.TFRecordDataset(files))
+    total = settings.max_eval_steps * settings.eval_batch_size
+    serialized = next(iter(tf.data.TFRecordDataset(files).repeat().batch(total)))
+    features = {key: tf.cast(value, tf.int32) if value.dtype == tf.int64 else value for key, value in
+                tf.io.parse_example(serialized, pretraining_feature_spec(32, 5)).items()}
+    outputs = model(features, training=False)
+    log_p = tf.nn.log_softmax(tf.cast(outputs["masked_lm_logits"], tf.float64)).numpy()
+    labels, weights = features["masked_lm_ids"].numpy(), features["masked_lm_weights"].numpy().astype(np.float64)
+    picked = np.take_along_axis(log_p, labels[..., None], axis=-1)[..., 0]
+    correct = (log_p.argmax(-1) == labels).astype(np.float64)
+    nsp_log_p = tf.nn.log_softmax(tf.cast(outputs["next_sentence_logits"], tf.float64)).numpy()
+    nsp_labels = features["next_sentence_labels"].numpy()[:, 0]
+    return {"masked_lm_loss": -(picked * weights).sum() / weights.sum(),
+            "masked_lm_accuracy": (correct * weights).sum() / weights.sum(),
+            "next_sentence_loss": -nsp_log_p[np.arange(total), nsp_labels].mean(),
+            "next_sentence_accuracy": (nsp_log_p.argmax(-1) == nsp_labels).mean()}, count
+
+
 def test_pretraining_writes_the_four_numbers_in_googles_format(trained):
     settings, result = trained
     output_dir = settings.output_dir
@@ -80,7 +104,15 @@ def test_pretraining_writes_the_four_numbers_in_googles_format(trained):
     assert set(rows) == {"before_training", "train", "eval"}
     for row in rows.values():
         assert 0.0 <= row["masked_lm_accuracy"] <= 1.0 and 0.0 <= row["next_sentence_accuracy"] <= 1.0
-        assert row["loss"] == pytest.approx(row["masked_lm_loss"] + row["next_sentence_loss"])
+    # The evaluation-data row, recomputed by hand as Google's estimator does it: the eval files in order, repeated,
+    # max_eval_steps full batches; masked-LM loss and accuracy weighted by masked_lm_weights, NSP over instances.
+    model, _ = build_pretrainer(tf.distribute.get_strategy(), BertConfig.from_json_file(
+        os.path.join(output_dir, "bert_config.json")), settings)
+    assert _restore_model_only(model, output_dir) == STEPS
+    by_hand, eval_records = _google_eval_by_hand(model, settings)
+    assert eval_records < settings.max_eval_steps * settings.eval_batch_size  # so the repetition matters
+    for key in ("masked_lm_loss", "masked_lm_accuracy", "next_sentence_loss", "next_sentence_accuracy"):
+        assert rows["eval"][key] == pytest.approx(by_hand[key], rel=1e-4, abs=1e-5), key
     # Repeated catch-phrases are easy: the masked-LM loss drops well below its start (log 57 = 4.0).
     assert rows["eval"]["masked_lm_loss"] < rows["before_training"]["masked_lm_loss"] - 0.5
     table = format_table(rows)
@@ -167,7 +199,7 @@ def test_run_pretraining_cli_reports_a_wrong_input_file_in_one_line(tmp_path, ti
     result = subprocess.run(
         [sys.executable, "-m", "danmaku.run_pretraining", f"--input_file={tmp_path / 'missing.tfrecord'}",
          f"--output_dir={tmp_path / 'model'}", f"--init_checkpoint={tiny_model_dir}", "--do_train",
-         "--max_seq_length=32"],
+         "--max_seq_length=32", "--master=grpc://10.0.0.2:8470", "--num_tpu_cores=8"],  # Google's TPU flags parse
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
@@ -195,3 +227,13 @@ def test_settings_that_do_not_fit_the_data_fail_before_training(trained, tmp_pat
                                      "output_dir": str(tmp_path / "empty")})
     with pytest.raises(UserError, match="no checkpoint in .* and no --init_checkpoint"):
         run_pretraining(tf.distribute.get_strategy(), nothing)
+
+
+def test_googles_tpu_flags_name_the_tpu_and_check_its_cores():
+    assert tpu_address(None, None, "grpc://10.0.0.2:8470") == "grpc://10.0.0.2:8470"  # --master without --tpu_name
+    assert tpu_address(None, "my-tpu", "grpc://10.0.0.2:8470") == "my-tpu"
+    assert tpu_address("local", "my-tpu", None) == "local"
+    check_tpu_cores(8, 8)
+    check_tpu_cores(8, 2)  # fewer: reported, all cores are used
+    with pytest.raises(UserError, match="--num_tpu_cores=32 but the TPU has 8 cores"):
+        check_tpu_cores(8, 32)
