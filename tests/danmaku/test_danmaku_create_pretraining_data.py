@@ -1,4 +1,5 @@
-"""`python -m danmaku.create_pretraining_data` on a 3-document fixture: pairing, NSP labels, masks, determinism."""
+"""`python -m danmaku.create_pretraining_data`: pairing, NSP labels, masks and determinism on a 3-document fixture;
+target lengths and truncation against Google's rules on 40 documents."""
 
 import collections
 import glob
@@ -157,3 +158,88 @@ def test_bad_settings_are_one_user_error_before_anything_is_written(tmp_path, co
     assert not (tmp_path / "out").exists()  # not even the --build_vocab vocabulary
     with pytest.raises(UserError, match="nope.txt: no such --vocab_file"):
         create_pretraining_data(corpus_file, str(output), str(tmp_path / "nope.txt"), progress=False)
+
+
+def _many_videos(path, num_documents=40, seed=0):
+    """Videos of 6-20 comments of 1-5 words; word k of comment c of video d is "v<d>c<c>w<k>"."""
+    rng = np.random.default_rng(seed)
+    sizes = []
+    videos = []
+    for video in range(num_documents):
+        words = [int(rng.integers(1, 6)) for _ in range(int(rng.integers(6, 21)))]
+        sizes.append(words)
+        videos.append("\n".join(" ".join(f"v{video}c{comment}w{k}" for k in range(count))
+                                for comment, count in enumerate(words)))
+    path.write_text("\n\n".join(videos) + "\n", encoding="utf-8")
+    return sizes
+
+
+def _span(tokens):
+    """(video, [(comment, word), ...]) of a segment; checks it is a contiguous stretch of one video's words."""
+    places = [tuple(int(part) for part in token[1:].replace("c", " ").replace("w", " ").split()) for token in tokens]
+    videos = {video for video, _, _ in places}
+    assert len(videos) == 1
+    return videos.pop(), [(comment, word) for _, comment, word in places]
+
+
+def test_target_lengths_and_truncation_follow_googles_rules(tmp_path):
+    """40 videos, short_seq_prob > 0: chunks end at the first comment that reaches the target (max_seq_length - 3,
+    or a shorter random one), the longer segment is trimmed token by token from either end down to exactly the
+    limit (B on ties), and short targets appear only with short_seq_prob > 0."""
+    sizes = _many_videos(tmp_path / "videos.txt")
+    max_num_tokens = MAX_SEQ_LENGTH - 3
+
+    def instances(short_seq_prob, name):
+        output = str(tmp_path / name / "data.tfrecord")
+        stats = create_pretraining_data(str(tmp_path / "videos.txt"), output, build_vocab=5000, progress=False,
+                                        num_workers=1, max_seq_length=MAX_SEQ_LENGTH,
+                                        max_predictions_per_seq=MAX_PREDICTIONS, dupe_factor=10,
+                                        short_seq_prob=short_seq_prob, random_seed=1)
+        assert stats["documents"] == 40
+        vocab = {index: token for token, index in load_vocab(str(tmp_path / name / "vocab.txt")).items()}
+        found = []
+        for record in read_records(output):
+            length = int(record["input_mask"].sum())
+            ids = record["input_ids"][:length].copy()
+            weights = record["masked_lm_weights"] > 0
+            ids[record["masked_lm_positions"][weights]] = record["masked_lm_ids"][weights]
+            tokens = [vocab[int(token_id)] for token_id in ids]
+            first_sep = tokens.index("[SEP]")
+            found.append((tokens[1:first_sep], tokens[first_sep + 1:-1], int(record["next_sentence_labels"][0])))
+        return found
+
+    def whole(video, places, at_start):  # does the segment start (end) at a comment boundary?
+        comment, word = places[0] if at_start else places[-1]
+        return word == 0 if at_start else word == sizes[video][comment] - 1
+
+    short_chunks = {}
+    for short_seq_prob in (0.0, 0.5):
+        early = actual = 0
+        for segment_a, segment_b, is_random_next in instances(short_seq_prob, f"p{short_seq_prob}"):
+            (video_a, a), (video_b, b) = _span(segment_a), _span(segment_b)
+            for places in (a, b):  # contiguous words: only the ends of a segment are trimmed
+                flat = [sum(sizes[video_a if places is a else video_b][:comment]) + word for comment, word in places]
+                assert flat == list(range(flat[0], flat[0] + len(flat)))
+            la, lb = len(a), len(b)
+            assert la + lb <= max_num_tokens
+            cut_a = not (whole(video_a, a, True) and whole(video_a, a, False))
+            cut_b = not (whole(video_b, b, True) and whole(video_b, b, False))
+            if cut_a or cut_b:
+                assert la + lb == max_num_tokens  # trimming stops exactly at the limit
+            if cut_a and cut_b:
+                assert la - lb in (0, 1)  # both trimmed: the longer first, B on ties
+            elif cut_a:  # A is trimmed only while longer than B
+                assert la >= lb
+            elif cut_b:  # B while at least as long as A
+                assert lb >= la - 1
+            if not is_random_next:
+                assert video_a == video_b and b[0][0] >= a[-1][0]
+                actual += 1
+                ends_video = b[-1][0] == len(sizes[video_b]) - 1
+                if not (cut_a or cut_b) and not ends_video:
+                    # The chunk stopped at the first comment reaching the target: below max_num_tokens only for a
+                    # short target.
+                    early += la + lb < max_num_tokens
+        short_chunks[short_seq_prob] = early / actual
+    assert short_chunks[0.0] == 0.0
+    assert short_chunks[0.5] > 0.1
