@@ -173,8 +173,9 @@ class Bert4Rec(keras.Model):
         """Full-vocabulary float32 logits `[batch, vocab_size]` at each test instance's single masked
         position, `masked_lm_positions[:, 0]` (inference mode)."""
         sequence_output = self._encode(features, training=False, trim_padding=True)
-        first_position = features["masked_lm_positions"][:, :1]
-        masked_states = ops.take_along_axis(sequence_output, first_position[:, :, None], axis=1)[:, 0, :]
+        # tf.gather, not ops.take_along_axis: the same rows, without TensorFlow's C++ notice "oneDNN supports
+        # DT_INT64 only on platforms with AVX-512" at the first trace.
+        masked_states = tf.gather(sequence_output, features["masked_lm_positions"][:, 0], batch_dims=1)
         return self.item_logits(masked_states)
 
 
