@@ -53,9 +53,10 @@ def prepare_attention(attention, length: int | None = None, add_residual: bool =
     return np.divide(attention, sums, out=np.zeros_like(attention), where=sums > 0)
 
 
-def raw_attention(attention, length: int | None = None) -> np.ndarray:
-    """Heads-averaged, cropped, row-normalised attention of every layer `[layers, n, n]` (no residual)."""
-    return prepare_attention(attention, length, add_residual=False)
+def raw_attention(attention, length: int | None = None, add_residual: bool = True) -> np.ndarray:
+    """The original's "raw" attention of every layer `[layers, n, n]`: heads averaged plus the identity,
+    rows renormalised (= 0.5·A + 0.5·I); `add_residual=False` gives the heads' mean alone."""
+    return prepare_attention(attention, length, add_residual=add_residual)
 
 
 def attention_rollout(attention, length: int | None = None, add_residual: bool = True,

@@ -2,21 +2,22 @@ r"""Explains a fine-tuned viewed/not_viewed model's predictions with raw attenti
 
     python -m ovt_explain.attention_visualization --checkpoint=out/cls --users=out/cls/viewed.txt \
         --out=figs/ [--programs=programs.json] [--max_users=5] [--methods=raw,rollout,flow] \
-        [--graph_tokens=16] [--dump_json]
+        [--graph_tokens=0] [--top_edges=5] [--dump_json]
 
-For each user (a logs file in the JSON format, e.g. bert_cls' viewed.txt / not_viewed.txt /
-predict_missed.txt; the most recent max_seq_length - 2 programmes are the input), in `--out`:
-- `<user>_graph_<method>.png` (a): the layered attention graph, nodes = tokens per layer, edge width =
-  weight, each node's strongest edge dark red and its next `--top_edges - 1` dark blue ([CLS]/[SEP]
-  edges left out, as in the original). Long inputs are drawn on [CLS] + the `--graph_tokens` - 1
-  most important programmes;
+For each user (a users file: the original's plain text, one history a line, or the JSON samples
+bert_cls writes, viewed.txt / not_viewed.txt / predict_missed.txt; the first max_seq_length - 2
+programmes are the input), in `--out`:
+- `images/<label>/<method>/<user>_{raw_attention,attention_rollout,attention_flow}_graph.png` (a), as
+  the original: the layered attention graph, nodes = tokens per layer, edge width = weight, each
+  node's 5 (`--top_edges`) strongest edges, the strongest dark red, edges touching [CLS]/[SEP] left
+  out; `--graph_tokens=N` draws only [CLS] + the N - 1 most important programmes;
 - `<user>_heatmap.png` (b): per-layer heatmaps of the [CLS] row for each method;
 - `<user>_importance.png` (c): bar charts of the programmes' importance to [CLS] at the last layer,
   labelled "channel time title" when `--programs` gives the programme table;
 - `<user>_prediction.png` (d): the predicted probabilities;
 - `explanations.html`: one self-contained page (data and script inline, no network) to pick a user,
   method and layer and hover the programmes;
-- with `--dump_json`, `<user>_<method>.json`: `{"tokens": [...], "data": {"L1_to_L0": matrix, ...}}`
+- with `--dump_json`, `datas/<user>_<name>.json`: `{"tokens": [...], "data": {"L1_to_L0": matrix, ...}}`
   as the original's `save_datas` writes them (rows: that layer's tokens, columns: input tokens; for
   flow only the rows in "rows" are computed, others are null).
 Flow is exact max-flow (`ovt_explain.attention.attention_flow`), for the [CLS] row unless
@@ -48,6 +49,8 @@ from common.io_utils import read_json  # noqa: E402
 from ovt_explain import attention as attention_lib  # noqa: E402
 
 METHOD_TITLES = {"raw": "raw attention", "rollout": "attention rollout", "flow": "attention flow"}
+# The original's file names: images/{label}/{method}/{user}_{name}_graph.png, datas/{user}_{name}.json.
+ORIGINAL_NAMES = {"raw": "raw_attention", "rollout": "attention_rollout", "flow": "attention_flow"}
 
 
 @dataclasses.dataclass
@@ -91,14 +94,14 @@ def explain_users(classifier, histories: Mapping[str, Sequence[str]], methods=at
                   flow_rows: Sequence[int] | None = (0,), batch_size: int = 32,
                   num_workers: int | None = None) -> list[Explanation]:
     """Runs the model on each user's history and explains the prediction."""
-    from ovt_explain.modeling import model_input_tokens, predict
+    from ovt_explain.modeling import predict
 
     users = list(histories)
     features = classifier.encode([histories[user] for user in users])
     probabilities, attentions = predict(classifier.model, features, batch_size, return_attention=True)
     explanations = []
     for index, user in enumerate(users):
-        tokens = model_input_tokens(histories[user], classifier.vocab, classifier.max_seq_length)
+        tokens = classifier.input_tokens(histories[user])
         layers, rows = explain_attention(attentions[index], methods, flow_rows, num_workers)
         explanations.append(Explanation(user, tokens, probabilities[index].tolist(), list(classifier.labels),
                                         layers, rows))
@@ -141,9 +144,10 @@ def _programme_positions(tokens: Sequence[str]) -> list[int]:
 
 
 def graph_positions(explanation: Explanation, method: str, graph_tokens: int) -> list[int]:
-    """All tokens when they fit, else [CLS] + the most important programmes, in input order."""
+    """All tokens when they fit (or `graph_tokens` is 0, the original), else [CLS] + the most important
+    programmes, in input order."""
     n = len(explanation.tokens)
-    if n <= graph_tokens:
+    if graph_tokens <= 0 or n <= graph_tokens:
         return list(range(n))
     programmes = _programme_positions(explanation.tokens)
     importance = np.nan_to_num(explanation.importance(method))
@@ -152,8 +156,10 @@ def graph_positions(explanation: Explanation, method: str, graph_tokens: int) ->
 
 
 def plot_attention_graph(explanation: Explanation, method: str, path: str, programs: Mapping[str, dict],
-                         graph_tokens: int = 16, top_edges: int = 3) -> None:
-    """(a) the layered graph: node (l, i) at x = l, y = -position; edges from layer l to l-1."""
+                         graph_tokens: int = 0, top_edges: int = 5, cls_edges: bool = False) -> None:
+    """(a) the layered graph: node (l, i) at x = l, y = -position; edges from layer l to l-1, each
+    node's `top_edges` strongest (the original: 5, edges touching [CLS] or [SEP] left out; `cls_edges`
+    keeps [CLS]'s own row)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -177,7 +183,7 @@ def plot_attention_graph(explanation: Explanation, method: str, path: str, progr
     for layer in range(1, layers_count + 1):
         for source in shown:
             row = matrices[layer - 1, source]
-            if source == len(explanation.tokens) - 1 or np.all(np.isnan(row)):
+            if source == len(explanation.tokens) - 1 or (source == 0 and not cls_edges) or np.all(np.isnan(row)):
                 continue
             targets = [t for t in shown if t not in special]
             ranked = sorted(targets, key=lambda t: -np.nan_to_num(row[t]))[:top_edges]
@@ -325,9 +331,11 @@ def write_html(explanations: Sequence[Explanation], methods: Sequence[str], path
 
 def visualize(checkpoint: str, users_path: str, out_dir: str, programs_path: str | None = None,
               methods: Sequence[str] = attention_lib.METHODS, max_users: int = 5, flow_rows: str = "cls",
-              graph_tokens: int = 16, top_edges: int = 3, top_tokens: int = 15, dump: bool = False,
-              num_workers: int | None = None) -> dict:
-    """Everything the CLI does, with plain arguments; returns the written paths."""
+              graph_tokens: int = 0, top_edges: int = 5, top_tokens: int = 15, dump: bool = False,
+              num_workers: int | None = None, label: str | None = None, cls_edges: bool = False) -> dict:
+    """Everything the CLI does, with plain arguments; returns the written paths. Graph pictures go to
+    `out_dir/images/{label}/{method}/` and JSON dumps to `out_dir/datas/` as the original's; `label`
+    defaults to the users file's name without extension (viewed, not_viewed, predict_missed)."""
     from common.checkpoints import CheckpointMismatchError
     from ovt_explain.logs import read_logs
     from ovt_explain.modeling import LoadedClassifier
@@ -347,6 +355,7 @@ def visualize(checkpoint: str, users_path: str, out_dir: str, programs_path: str
     rows = None if flow_rows == "all" else (0,)
     explanations = explain_users(classifier, histories, methods, rows, num_workers=num_workers)
     os.makedirs(out_dir, exist_ok=True)
+    label = label or os.path.splitext(os.path.basename(users_path))[0]
     written = []
     for explanation in explanations:
         unknown = explanation.tokens.count("[UNK]")
@@ -354,19 +363,26 @@ def visualize(checkpoint: str, users_path: str, out_dir: str, programs_path: str
             logging.warning("%s: %d of %d programmes are not in the model's vocabulary ([UNK]): was the model "
                             "trained on logs of this period?", explanation.user_id, unknown,
                             len(explanation.tokens) - 2)
-        stem = os.path.join(out_dir, _safe_name(explanation.user_id))
+        name = _safe_name(explanation.user_id)
+        stem = os.path.join(out_dir, name)
         for method in methods:
-            plot_attention_graph(explanation, method, f"{stem}_graph_{method}.png", programs, graph_tokens, top_edges)
-            written.append(f"{stem}_graph_{method}.png")
+            folder = os.path.join(out_dir, "images", label, method)
+            os.makedirs(folder, exist_ok=True)
+            graph = os.path.join(folder, f"{name}_{ORIGINAL_NAMES[method]}_graph.png")
+            plot_attention_graph(explanation, method, graph, programs, graph_tokens, top_edges, cls_edges)
+            written.append(graph)
             if dump:
-                dump_json(explanation, method, f"{stem}_{method}.json")
-                written.append(f"{stem}_{method}.json")
+                os.makedirs(os.path.join(out_dir, "datas"), exist_ok=True)
+                dump_path = os.path.join(out_dir, "datas", f"{name}_{ORIGINAL_NAMES[method]}.json")
+                dump_json(explanation, method, dump_path)
+                written.append(dump_path)
         plot_cls_heatmaps(explanation, methods, f"{stem}_heatmap.png", programs)
         plot_importance(explanation, methods, f"{stem}_importance.png", programs, top_tokens)
         plot_prediction(explanation, f"{stem}_prediction.png")
         written += [f"{stem}_heatmap.png", f"{stem}_importance.png", f"{stem}_prediction.png"]
-        logging.info("%s: P(%s) %.3f; top programme by %s", explanation.user_id, explanation.labels[-1],
-                     explanation.probabilities[-1], ", ".join(
+        viewed = explanation.labels.index("viewed") if "viewed" in explanation.labels else 0
+        logging.info("%s: P(%s) %.3f; top programme by %s", explanation.user_id, explanation.labels[viewed],
+                     explanation.probabilities[viewed], ", ".join(
                          f"{m} {token_label(explanation.tokens[int(np.nanargmax(explanation.importance(m)[1:-1])) + 1], programs)}"
                          for m in methods))
     html_path = os.path.join(out_dir, "explanations.html")
@@ -388,8 +404,12 @@ def define_flags():
     flags.DEFINE_list("methods", list(attention_lib.METHODS), "Methods: raw, rollout, flow.")
     flags.DEFINE_integer("max_users", 5, "Explain at most this many users of the file (in file order).")
     flags.DEFINE_enum("flow_rows", "cls", ["cls", "all"], "Attention flow for the [CLS] row only, or every token.")
-    flags.DEFINE_integer("graph_tokens", 16, "Tokens drawn in the layered graph ([CLS] + the most important).")
-    flags.DEFINE_integer("top_edges", 3, "Edges drawn per node in the layered graph.")
+    flags.DEFINE_integer("graph_tokens", 0, "Tokens drawn in the layered graph: 0 = all (the original), else "
+                         "[CLS] + the most important.")
+    flags.DEFINE_integer("top_edges", 5, "Edges drawn per node in the layered graph (the original: 5).")
+    flags.DEFINE_bool("cls_edges", False, "Also draw [CLS]'s own edges (the original leaves out every edge "
+                      "touching [CLS] or [SEP]).")
+    flags.DEFINE_string("label", None, "Picture folder images/<label>/<method>/ (default: the users file's name).")
     flags.DEFINE_integer("top_tokens", 15, "Programmes in the importance bar charts.")
     flags.DEFINE_bool("dump_json", False, "Also write each method's matrices as JSON, like the original.")
     flags.DEFINE_integer("num_workers", None, "Threads for attention flow (default: all cores).")
@@ -407,7 +427,7 @@ def main(argv):
     set_mixed_precision(FLAGS.mixed_precision)
     result = visualize(FLAGS.checkpoint, FLAGS.users, FLAGS.out, FLAGS.programs, FLAGS.methods, FLAGS.max_users,
                        FLAGS.flow_rows, FLAGS.graph_tokens, FLAGS.top_edges, FLAGS.top_tokens, FLAGS.dump_json,
-                       FLAGS.num_workers)
+                       FLAGS.num_workers, FLAGS.label, FLAGS.cls_edges)
     logging.info("wrote %d files; open %s", len(result["files"]), result["html"])
 
 

@@ -4,9 +4,12 @@ r"""Masked-LM pre-training of BERT from scratch on viewing logs (each user a sen
         [--mixed_precision=bfloat16]
 
 Every setting is a key of the config file, documented in `ovt_explain/configs/pretraining_config.json`
-(the paper's own keys, e.g. `per_device_train_batch_size`, `num_train_epochs`, `num_bert_layers`, work
-too). The output folder gets the vocabulary (when built here), `bert_config.json`, `vocab.txt`,
-`run_config.json`, the pre-training TFRecords under `data/`, resumable checkpoints, the best-evaluation
+(the original's own keys, e.g. `per_device_train_batch_size`, `num_train_epochs`, `num_bert_layers`, work
+too). As the original: `train_file` is the plain-text `sentence.txt`, one line = one example, the first
+`eval_percentage` % of the lines evaluate, `[CLS]` + the first `max_seq_length - 2` ids + `[SEP]`, masks
+drawn per batch as Hugging Face's collator. The output folder gets the vocabulary (when built here),
+`bert_config.json`, `vocab.txt`, `run_config.json`, the examples as TFRecords under `data/`, resumable
+checkpoints, the best-evaluation
 checkpoint under `best/` (with `load_best_model_at_end`), `eval_history.json` and TensorBoard scalars
 (`train/`, `eval/`). Running it again resumes from the newest checkpoint. `bert_cls` warm-starts from it.
 """
@@ -24,41 +27,42 @@ cli.quiet_tensorflow()
 
 import math  # noqa: E402
 
-import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
 from ovt_explain.run_config import REQUIRED, Key, config_script_main  # noqa: E402
 
 PRETRAINING_KEYS = (
-    Key("train_file", "paths", REQUIRED, "viewing logs: one file or a list (JSON object user_id -> "
-        "\"program_id ...\" or JSON Lines)"),
-    Key("vocab_file", str, REQUIRED, "programme vocabulary (one id a line, special tokens first); built "
-        "from train_file with min_count when the file does not exist yet"),
+    Key("train_file", "paths", REQUIRED, "the original's sentence.txt (plain text, one user a line of ids, one "
+        "line = one example); JSON logs (user_id -> \"program_id ...\") work too; one file or a list"),
+    Key("vocab_file", str, REQUIRED, "programme vocabulary (generate_vocab's vocab.txt: [UNK] [CLS] [SEP] [PAD] "
+        "[MASK] then ids); built from train_file with min_count when the file does not exist yet"),
     Key("output_dir", str, REQUIRED, "model folder: checkpoints, bert_config.json, vocab.txt, data/, "
         "TensorBoard, eval_history.json"),
-    Key("min_count", int, 2, "programme ids seen fewer times become [UNK] (when the vocabulary is built)"),
+    Key("min_count", int, 2, "programme ids seen fewer times become [UNK] (only when the vocabulary is built here)"),
     Key("bert_config", str, None, "a bert_config.json (vocab_size is set from the vocabulary); when absent "
         "the model keys below describe the model"),
-    Key("hidden_size", int, 256, "width of the model (paper: 256)"),
-    Key("num_hidden_layers", int, 8, "transformer layers (paper: 8)", ("num_bert_layers",)),
-    Key("num_attention_heads", int, 8, "attention heads (paper: 8)"),
-    Key("intermediate_size", int, None, "feed-forward width (default 4 x hidden_size)"),
+    Key("hidden_size", int, 256, "width of the model (the published model: 256)"),
+    Key("num_hidden_layers", int, 8, "transformer layers (the published model: 8)", ("num_bert_layers",)),
+    Key("num_attention_heads", int, 8, "attention heads (the published model: 8)"),
+    Key("intermediate_size", int, 3072, "feed-forward width (the original's and the published model's: 3072)"),
     Key("max_position_embeddings", int, None, "position table size (default max_seq_length)"),
     Key("hidden_dropout_prob", float, 0.1, "dropout on hidden states"),
     Key("attention_probs_dropout_prob", float, 0.1, "dropout on attention probabilities"),
-    Key("max_seq_length", int, 512, "tokens per instance, [CLS] and [SEP] included (paper: 512)"),
-    Key("max_predictions_per_seq", int, None, "masked positions per instance (default "
-        "ceil(masked_lm_prob x max_seq_length))"),
-    Key("masked_lm_prob", float, 0.15, "share of tokens masked"),
-    Key("dupe_factor", int, 5, "masked copies written per user history (different masks)"),
-    Key("batch_size", int, 16, "global training batch", ("per_device_train_batch_size", "train_batch_size")),
-    Key("eval_batch_size", int, 16, "evaluation batch", ("per_device_eval_batch_size",)),
-    Key("epochs", float, 8.0, "passes over the users' histories (each pass sees one masked copy)",
-        ("num_train_epochs",)),
+    Key("max_seq_length", int, 512, "tokens per example, [CLS] and [SEP] included (the original: 512)"),
+    Key("truncation", str, "first", "a longer line keeps its first max_seq_length - 2 ids (\"first\", the "
+        "original's tokenizer) or its most recent ones (\"recent\")"),
+    Key("masked_lm_prob", float, 0.15, "share of the non-special tokens masked, drawn per batch (the original's "
+        "collator: 80% [MASK], 10% random id, 10% unchanged)", ("mlm_probability",)),
+    Key("per_device_train_batch_size", int, 8, "training batch per replica (Hugging Face's meaning and default)"),
+    Key("per_device_eval_batch_size", int, 8, "evaluation batch per replica"),
+    Key("batch_size", int, None, "global training batch; overrides per_device_train_batch_size x replicas",
+        ("train_batch_size",)),
+    Key("epochs", float, 3.0, "passes over the training lines (Hugging Face's default 3)", ("num_train_epochs",)),
     Key("learning_rate", float, 5e-5, "peak learning rate (Hugging Face Trainer default, as the paper ran)"),
     Key("warmup_proportion", float, 0.0, "share of steps with linear warm-up", ()),
     Key("weight_decay", float, 0.0, "AdamW weight decay (not on LayerNorm and biases)"),
-    Key("eval_percentage", float, 3.0, "percent of users held out for the masked-LM evaluation"),
+    Key("eval_percentage", float, 5.0, "the first int(eval_percentage) % of the lines are the evaluation set "
+        "(the original's default 5)"),
     Key("eval_steps", int, 500, "evaluate every this many steps (and at the end)"),
     Key("logging_steps", int, 500, "log line and TensorBoard scalars every this many steps",
         ("log_every_steps",)),
@@ -67,33 +71,38 @@ PRETRAINING_KEYS = (
     Key("load_best_model_at_end", bool, False, "keep the lowest-eval-loss model in output_dir/best/ and "
         "warm-start bert_cls from it"),
     Key("early_stopping_patience", int, None, "stop after this many evaluations without improvement"),
-    Key("random_seed", int, 42, "seed for the split, masking, data order and initialisation", ("seed",)),
-    Key("num_proc", int, None, "processes writing the pre-training data (default: all cores)",
-        ("num_workers",)),
+    Key("random_seed", int, 42, "seed for masking, data order and initialisation", ("seed",)),
     Key("use_checkpoint", bool, True, "resume from output_dir's newest checkpoint; false refuses to "
         "start when output_dir already holds one"),
     Key("steps_per_execution", int, 1, "training steps per tf.function call"),
 )
-# The paper's Hugging Face keys that mean nothing here.
+# The original's Hugging Face keys that mean nothing here.
 IGNORED_KEYS = {"evaluation_strategy": "evaluation runs every eval_steps",
                 "logging_strategy": "logging runs every logging_steps", "log_level": "use --verbose",
-                "overwrite_cache": "data are rewritten when the inputs change", "do_train": "always trains"}
+                "overwrite_cache": "data are rewritten every run", "do_train": "always trains",
+                "num_proc": "one process writes the examples (bench/ovt_logs_scale.py: 1 M lines in seconds)",
+                "dupe_factor": "masks are drawn per batch, as the original's collator",
+                "max_predictions_per_seq": "every position can be masked, as the original's collator"}
 
 
-def user_documents(histories: dict[str, list[str]], chunk_length: int) -> list[list[str]]:
-    """Each user is a document; the history is cut into sentences of `chunk_length` programmes so
-    long histories fill several instances instead of being truncated."""
-    return [[" ".join(history[start:start + chunk_length]) for start in range(0, len(history), chunk_length)]
-            for history in histories.values() if history]
+def global_batch_size(config: dict, strategy, per_device_key: str, global_key: str | None = None) -> int:
+    """Hugging Face's `per_device_*_batch_size` is per replica; an explicit global batch wins."""
+    if global_key and config.get(global_key):
+        return int(config[global_key])
+    return int(config[per_device_key]) * int(strategy.num_replicas_in_sync)
 
 
-def split_users(users: list[str], eval_percentage: float, seed: int) -> tuple[list[str], list[str]]:
-    order = np.random.default_rng(seed).permutation(len(users))
-    count = int(round(len(users) * eval_percentage / 100.0))
-    if eval_percentage > 0 and len(users) > 1:
-        count = min(max(count, 1), len(users) - 1)
-    held_out = {users[i] for i in order[:count]}
-    return [u for u in users if u not in held_out], [u for u in users if u in held_out]
+def read_lines(paths) -> tuple:
+    """(lines, count) of the training files: plain text line by line, or JSON logs one user a line."""
+    from ovt_explain.logs import is_plain_text, read_many_logs
+    from ovt_explain.mlm_data import plain_text_lines
+
+    with open(paths[0], encoding="utf-8") as handle:
+        head = handle.read(4096)
+    if is_plain_text(head):
+        return plain_text_lines(paths)
+    histories = list(read_many_logs(paths).values())
+    return iter(histories), len(histories)
 
 
 def pretrain(config: dict, strategy=None, progress: bool = True, config_path: str = "config") -> dict:
@@ -105,26 +114,29 @@ def pretrain(config: dict, strategy=None, progress: bool = True, config_path: st
     from common.encoder import BertEncoder
     from common.heads import BertPretrainer
     from common.optimization import create_optimizer
-    from common.pretraining_data import make_pretraining_dataset, write_pretraining_data
     from common.tokenization import load_vocab
     from common.training import bert_pretraining_loss_fn, evaluate, train
-    from ovt_explain.logs import read_many_logs, write_program_vocab
+    from ovt_explain.logs import write_program_vocab
+    from ovt_explain.mlm_data import masked_lm_dataset, write_line_examples
+    from ovt_explain.modeling import TRUNCATIONS, special_ids
 
     strategy = strategy or tf.distribute.get_strategy()
     output_dir = config["output_dir"]
     if not config["use_checkpoint"] and tf.train.latest_checkpoint(output_dir):
         raise cli.UserError(f"{config_path}: use_checkpoint is false but {output_dir} already holds "
                             f"checkpoints; choose another output_dir")
-    histories = read_many_logs(config["train_file"])
-    if not histories:
-        raise cli.UserError(f"{config['train_file'][0]}: no users")
-    train_users, eval_users = split_users(list(histories), config["eval_percentage"], config["random_seed"])
+    if config["truncation"] not in TRUNCATIONS:
+        raise cli.UserError(f"{config_path}: truncation must be one of {', '.join(TRUNCATIONS)}")
     if not os.path.exists(config["vocab_file"]):
-        vocabulary = write_program_vocab([histories[u] for u in train_users], config["vocab_file"],
-                                         config["min_count"])
+        lines, _ = read_lines(config["train_file"])
+        vocabulary = write_program_vocab(lines, config["vocab_file"], config["min_count"])
         logging.info("built vocabulary %s: %d tokens (min_count %d)", config["vocab_file"], len(vocabulary),
                      config["min_count"])
     vocab = load_vocab(config["vocab_file"])
+    try:
+        special_ids(vocab)
+    except ValueError as error:
+        raise cli.UserError(f"{config['vocab_file']}: {error}") from None
 
     max_seq_length = config["max_seq_length"]
     if config["bert_config"]:
@@ -133,43 +145,36 @@ def pretrain(config: dict, strategy=None, progress: bool = True, config_path: st
         bert_config = BertConfig(
             vocab_size=len(vocab), hidden_size=config["hidden_size"],
             num_hidden_layers=config["num_hidden_layers"], num_attention_heads=config["num_attention_heads"],
-            intermediate_size=config["intermediate_size"] or 4 * config["hidden_size"],
+            intermediate_size=config["intermediate_size"],
             hidden_dropout_prob=config["hidden_dropout_prob"],
             attention_probs_dropout_prob=config["attention_probs_dropout_prob"],
             max_position_embeddings=config["max_position_embeddings"] or max_seq_length)
     if max_seq_length > bert_config.max_position_embeddings:
         raise cli.UserError(f"{config_path}: max_seq_length {max_seq_length} exceeds the model's "
                             f"max_position_embeddings {bert_config.max_position_embeddings}")
-    max_predictions = config["max_predictions_per_seq"] or math.ceil(config["masked_lm_prob"] * max_seq_length)
 
-    # Pre-training data: MLM-only instances ([CLS] programmes [SEP]); rare ids become [UNK].
-    data_dir = os.path.join(output_dir, "data")
-    instance_settings = dict(max_seq_length=max_seq_length, dupe_factor=config["dupe_factor"],
-                             masked_lm_prob=config["masked_lm_prob"], max_predictions_per_seq=max_predictions,
-                             random_seed=config["random_seed"], next_sentence=False, short_seq_prob=0.1)
-    stats = {}
-    for name, users in (("train", train_users), ("eval", eval_users)):
-        if not users:
-            continue
-        documents = user_documents({u: histories[u] for u in users}, max_seq_length - 2)
-        settings = dict(instance_settings, dupe_factor=config["dupe_factor"] if name == "train" else 1)
-        # Worker processes pay off only on large logs (each starts its own Python).
-        workers = config["num_proc"] or (None if len(documents) > 20000 else 1)
-        stats[name] = write_pretraining_data(documents, os.path.join(data_dir, name), config["vocab_file"],
-                                             num_workers=workers, progress=progress, **settings)
-        logging.info("%s data: %d users -> %d instances, %d masked tokens ([UNK] share %.3f)", name,
-                     stats[name]["documents"], stats[name]["instances"], stats[name]["masked_tokens"],
-                     stats[name]["masked_unk_share"])
+    # One line = one example; the first eval_percentage % of the lines are the evaluation set.
+    lines, num_lines = read_lines(config["train_file"])
+    if config["truncation"] == "recent":
+        lines = (ids[-(max_seq_length - 2):] for ids in lines)
+    stats = write_line_examples(lines, num_lines, vocab, max_seq_length, os.path.join(output_dir, "data"),
+                                config["eval_percentage"])
+    logging.info("%d lines: %d training and %d evaluation examples (%d empty lines dropped, %d truncated)",
+                 num_lines, stats["train"], stats["eval"], stats["empty_lines"], stats["truncated"])
+    if not stats["train"]:
+        raise cli.UserError(f"{config['train_file'][0]}: no training lines")
 
-    batch_size = config["batch_size"]
-    passes = stats["train"]["instances"] / config["dupe_factor"]
-    num_train_steps = max(1, int(math.ceil(config["epochs"] * passes / batch_size)))
+    batch_size = global_batch_size(config, strategy, "per_device_train_batch_size", "batch_size")
+    eval_batch_size = global_batch_size(config, strategy, "per_device_eval_batch_size")
+    # Hugging Face: ceil(epochs x batches per epoch).
+    num_train_steps = max(1, int(math.ceil(config["epochs"] * math.ceil(stats["train"] / batch_size))))
     num_warmup_steps = int(config["warmup_proportion"] * num_train_steps)
     write_model_folder(output_dir, bert_config, config["vocab_file"],
-                       run_config={**config, "max_predictions_per_seq": max_predictions,
-                                   "num_train_steps": num_train_steps, "task": "pretraining"})
-    logging.info("pre-training %d layers x %d wide, vocab %d, %d steps of %d", bert_config.num_hidden_layers,
-                 bert_config.hidden_size, len(vocab), num_train_steps, batch_size)
+                       run_config={**config, "num_train_steps": num_train_steps, "global_batch_size": batch_size,
+                                   "task": "pretraining"})
+    logging.info("pre-training %d layers x %d wide (feed-forward %d), vocab %d: %d steps of %d",
+                 bert_config.num_hidden_layers, bert_config.hidden_size, bert_config.intermediate_size,
+                 len(vocab), num_train_steps, batch_size)
 
     import warnings
 
@@ -184,17 +189,15 @@ def pretrain(config: dict, strategy=None, progress: bool = True, config_path: st
                                      bias_correction=True, epsilon=1e-8)
 
     def dataset_fn(input_context):
-        return make_pretraining_dataset(stats["train"]["files"],
-                                        input_context.get_per_replica_batch_size(batch_size),
-                                        max_seq_length, max_predictions, is_training=True,
-                                        seed=config["random_seed"], next_sentence=False,
-                                        input_context=input_context)
+        return masked_lm_dataset(stats["files"]["train"], input_context.get_per_replica_batch_size(batch_size),
+                                 max_seq_length, vocab, config["random_seed"], is_training=True,
+                                 mlm_probability=config["masked_lm_prob"], input_context=input_context)
 
     eval_fn = None
-    if "eval" in stats:
-        eval_dataset = make_pretraining_dataset(stats["eval"]["files"], config["eval_batch_size"],
-                                                max_seq_length, max_predictions, is_training=False,
-                                                next_sentence=False)
+    if stats["eval"]:
+        eval_dataset = masked_lm_dataset(stats["files"]["eval"], eval_batch_size, max_seq_length, vocab,
+                                         config["random_seed"] + 1, is_training=False,
+                                         mlm_probability=config["masked_lm_prob"])
 
         def eval_fn(step):
             del step
@@ -208,7 +211,8 @@ def pretrain(config: dict, strategy=None, progress: bool = True, config_path: st
                    best_metric="loss" if eval_fn and config["load_best_model_at_end"] else None,
                    best_mode="min", early_stopping_patience=config["early_stopping_patience"] if eval_fn else None)
     summary = {"output_dir": output_dir, "steps": result.final_step, "num_train_steps": num_train_steps,
-               "vocab_size": len(vocab), "train_instances": stats["train"]["instances"],
+               "vocab_size": len(vocab), "train_examples": stats["train"], "eval_examples": stats["eval"],
+               "parameters": int(model.encoder.count_params()),
                "eval_history": result.eval_history, "best_step": result.best_step}
     if result.eval_history:
         logging.info("final evaluation: %s", {k: round(v, 4) for k, v in result.eval_history[-1].items()})

@@ -1,6 +1,8 @@
 """Viewing logs: reading and writing them, the viewed / not_viewed labelling rule, the programme vocabulary.
 
-A log file is a JSON object `{"user_id": "program_id program_id ...", ...}` (time-ordered programme-slot
+The original's files are plain text: `sentence.txt` and the labelled `viewed*` / `not_viewed*` files hold
+one user a line, their slot ids space-separated (an empty line is a user without history); users are
+named `L<line number>`. A log file may also be a JSON object `{"user_id": "program_id program_id ...", ...}` (time-ordered programme-slot
 ids; the real files end with a trailing comma before `}`, which is accepted), or JSON Lines: one
 such object per line (usually one user each). Programme-slot ids are 11 digits: the slot's Unix time
 (10 digits, 5-minute slots) followed by a channel digit.
@@ -20,9 +22,12 @@ from common.io_utils import atomic_output
 from common.tokenization import write_vocab
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
-SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
+# The original's generate_vocab order: [UNK] is id 0 and [PAD] id 3.
+SPECIAL_TOKENS = (UNK, CLS, SEP, PAD, MASK)
 VIEWED, NOT_VIEWED = "viewed", "not_viewed"
-LABELS = (NOT_VIEWED, VIEWED)  # label id 1 = viewed
+LABELS = (VIEWED, NOT_VIEWED)  # the original's label ids: viewed = 0, not_viewed = 1
+VIEWED_ID = LABELS.index(VIEWED)
+DEFAULT_THRESHOLD = 0.333  # the original's classify_user threshold
 
 
 class LogFormatError(UserError, ValueError):
@@ -75,15 +80,44 @@ def _parse_object(text: str, path: str, line_offset: int = 0):
         raise LogFormatError(f"{path}:{error.lineno + line_offset}:{error.colno}: {error.msg}") from None
 
 
+def is_plain_text(text: str) -> bool:
+    """The original's plain-text layout (one user a line of ids) rather than JSON."""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return not first.startswith("{")
+
+
+def iter_plain_lines(path: str | os.PathLike) -> Iterable[tuple[int, list[str]]]:
+    """(line number, ids) of a plain-text file, every line as Python reads it (empty lines too);
+    a token that is not an integer id stops with `file:line:column:`."""
+    path = os.fspath(path)
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            ids = line.split()
+            for token in ids:
+                if not token.isdigit():
+                    column = line.find(token) + 1
+                    raise LogFormatError(f"{path}:{number}:{column}: {token[:40]!r} is not a programme id "
+                                         f"(plain-text files hold space-separated integer slot ids)")
+            yield number, ids
+
+
+def read_plain_logs(path: str | os.PathLike) -> dict[str, list[str]]:
+    """`L<line number> -> [ids]` of a plain-text file (empty lines are users without history)."""
+    return {f"L{number}": ids for number, ids in iter_plain_lines(path)}
+
+
 def read_logs(path: str | os.PathLike) -> dict[str, list[str]]:
-    """`user_id -> [programme ids]` in file order, from a JSON object file or JSON Lines."""
+    """`user_id -> [programme ids]` in file order, from the original's plain text (users named
+    `L<line>`), a JSON object file or JSON Lines."""
     path = os.fspath(path)
     with open(path, encoding="utf-8") as handle:
         text = handle.read()
     lines = text.splitlines()
     first = next((line.strip() for line in lines if line.strip()), "")
     if not first:
-        raise LogFormatError(f"{path}:1:1: empty log file (expected a JSON object or JSON Lines)")
+        raise LogFormatError(f"{path}:1:1: empty log file (expected plain text, a JSON object or JSON Lines)")
+    if not first.startswith("{"):
+        return read_plain_logs(path)
     if path.endswith((".jsonl", ".ndjson")) or (first.startswith("{") and first.endswith("}")
                                                 and len([line for line in lines if line.strip()]) > 1):
         return _read_json_lines(lines, path)
@@ -138,39 +172,45 @@ def write_logs(path: str | os.PathLike, histories: Mapping[str, Sequence[str]]) 
 
 # ---- labelling ---------------------------------------------------------------------------------------
 
-def slot_time(program_id: str) -> int:
-    """The slot's Unix time: an 11-digit id without its channel digit."""
-    if not program_id.isdigit() or len(program_id) < 2:
-        raise ValueError(f"programme id {program_id!r} is not a numeric slot id (time + channel digit)")
-    return int(program_id[:-1])
+def viewed_threshold(num_target_slots: int, threshold: float = DEFAULT_THRESHOLD) -> int:
+    """The original's rule: watched slots needed for `viewed`, `max(1, int(n * threshold))`."""
+    return max(1, int(num_target_slots * threshold))
+
+
+def classify_ids(ids: Sequence[int], target_ids: Sequence[int], needed: int) -> tuple[bool, list[int]]:
+    """(viewed, history) of one user as the original's `classify_user`: viewed when at least `needed`
+    distinct target ids were watched; history = the ids numerically below the smallest target id
+    (whole-id comparison, in the user's order)."""
+    smallest = min(target_ids)
+    history = [value for value in ids if value < smallest]
+    return len(set(ids).intersection(target_ids)) >= needed, history
 
 
 @dataclasses.dataclass
 class LabelledUser:
     user_id: str
-    history: list[str]        # the model's input: programmes before the target's first slot
-    label: int                # 1 = viewed, 0 = not_viewed
+    history: list[str]        # the model's input: ids numerically below the target's smallest id
+    label: int                # LABELS index: 0 = viewed, 1 = not_viewed
     watched_share: float      # share of the target's slots the user watched
 
 
 def label_users(histories: Mapping[str, Sequence[str]], target_slots: Iterable[str],
-                min_share: float = 1.0 / 3.0, time_of: Callable[[str], int] = slot_time,
-                min_history: int = 1) -> list[LabelledUser]:
-    """The paper's rule: `viewed` when a user watched at least `min_share` of the target programme's
-    slots; the input is the user's history strictly before the target's first slot (by `time_of`).
-    Users with fewer than `min_history` programmes before it are left out."""
-    target = set(target_slots)
+                threshold: float = DEFAULT_THRESHOLD, min_history: int = 0) -> list[LabelledUser]:
+    """The original's rule for every user (`classify_ids`); users with an empty history stay, as in
+    the original, unless `min_history` asks for more."""
+    target = sorted(set(int(slot) for slot in target_slots))
     if not target:
         raise ValueError("the target programme has no slots")
-    start = min(time_of(slot) for slot in target)
+    needed = viewed_threshold(len(target), threshold)
     labelled = []
     for user, history in histories.items():
-        share = len(target.intersection(history)) / len(target)
-        before = [program for program in history if time_of(program) < start]
+        ids = [int(program) for program in history]
+        viewed, before = classify_ids(ids, target, needed)
         if len(before) < min_history:
             continue
-        # A small tolerance so "a third" of 3 or 6 slots is reached despite 1/3 not being exact.
-        labelled.append(LabelledUser(user, before, int(share + 1e-9 >= min_share), share))
+        share = len(set(ids).intersection(target)) / len(target)
+        labelled.append(LabelledUser(user, [str(value) for value in before],
+                                     LABELS.index(VIEWED if viewed else NOT_VIEWED), share))
     return labelled
 
 
@@ -185,11 +225,11 @@ def count_programs(histories: Iterable[Sequence[str]]) -> collections.Counter:
 
 def build_vocabulary(histories: Iterable[Sequence[str]], min_count: int = 1,
                      max_size: int | None = None) -> list[str]:
-    """Special tokens, then programme ids seen at least `min_count` times, most frequent first
-    (ties by id); rarer ids become `[UNK]` when encoded."""
+    """The original's special tokens (`[UNK] [CLS] [SEP] [PAD] [MASK]`), then the programme ids seen at
+    least `min_count` times in ascending order, as the original's vocabulary; rarer ids become `[UNK]`."""
     counts = count_programs(histories)
     ranked = sorted((program for program, count in counts.items() if count >= min_count),
-                    key=lambda program: (-counts[program], program))
+                    key=lambda program: (len(program), program) if program.isdigit() else (0, program))
     if max_size is not None:
         ranked = ranked[: max(0, max_size - len(SPECIAL_TOKENS))]
     return list(SPECIAL_TOKENS) + ranked

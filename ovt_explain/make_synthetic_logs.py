@@ -3,7 +3,12 @@ r"""Synthetic TV viewing logs with a planted cause, in the real logs' format.
     python -m ovt_explain.make_synthetic_logs --output_dir=data/synthetic [--num_users=3000 --num_days=7
         --num_channels=6 --random_seed=0]
 
-Writes into `--output_dir`:
+Writes into `--output_dir` the original's input files:
+- `viewing.csv`: a header `userid,sortid`, then one row per watched slot (convert_to_sentence's input);
+- `tv_meta_data.csv`: the programme metadata (`channel,番組名,サブタイトル,放送日（開始）,開始時刻,sortid`; the
+  4th column is the broadcast date, as generate_vocab reads it); the target special is 番組名 "Special T"
+  with an empty subtitle;
+and the same data as
 - `logs.txt`: `{"user_id": "program_id ..."}`, time-ordered 11-digit programme-slot ids (the slot's Unix
   time, 5-minute slots, then the channel digit), like the real files;
 - `programs.json`: slot id -> {channel, time, title, program} (the programme table);
@@ -175,12 +180,41 @@ def generate_synthetic_logs(num_users: int = 3000, num_days: int = 7, num_channe
     return SyntheticLogs(histories, programs, planted)
 
 
+TARGET_TITLE = "Special T"
+
+
+def write_original_files(synthetic: SyntheticLogs, viewing_csv: str, meta_data_csv: str) -> None:
+    """The original's viewing CSV (userid,sortid) and programme metadata CSV (broadcast date 4th)."""
+    import csv
+
+    from common.io_utils import atomic_output
+
+    with atomic_output(viewing_csv) as handle:
+        handle.write("userid,sortid\n")
+        for user, history in synthetic.histories.items():
+            handle.write("".join(f"{user},{slot}\n" for slot in history))
+    with atomic_output(meta_data_csv) as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["channel", "番組名", "サブタイトル", "放送日（開始）", "開始時刻", "sortid"])
+        for slot in sorted(synthetic.programs, key=int):
+            entry = synthetic.programs[slot]
+            day, clock = entry["time"].split(" ")
+            title, _, episode = entry["title"].rpartition(" #")
+            if entry["title"] == TARGET_TITLE:
+                title, episode = TARGET_TITLE, ""
+            writer.writerow([entry["channel"], title, f"#{episode}" if episode else "", day.replace("-", "/"),
+                             clock, slot])
+
+
 def write_synthetic_logs(output_dir: str, **settings) -> dict:
-    """Generates and writes logs.txt, programs.json, planted.json; returns the paths and counts."""
+    """Generates and writes viewing.csv, tv_meta_data.csv, logs.txt, programs.json, planted.json;
+    returns the paths and counts."""
     synthetic = generate_synthetic_logs(**settings)
     os.makedirs(output_dir, exist_ok=True)
-    paths = {name: os.path.join(output_dir, name) for name in ("logs.txt", "programs.json", "planted.json")}
+    names = ("logs.txt", "programs.json", "planted.json", "viewing.csv", "tv_meta_data.csv")
+    paths = {name: os.path.join(output_dir, name) for name in names}
     write_logs(paths["logs.txt"], synthetic.histories)
+    write_original_files(synthetic, paths["viewing.csv"], paths["tv_meta_data.csv"])
     atomic_write_json(paths["programs.json"], synthetic.programs)
     atomic_write_json(paths["planted.json"], synthetic.planted)
     return {"paths": paths, "users": len(synthetic.histories), "programs": len(synthetic.programs)}

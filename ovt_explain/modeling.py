@@ -14,23 +14,40 @@ from common.config import BertConfig
 from common.encoder import BertEncoder
 from common.heads import BertClassifier
 from common.tokenization import load_vocab
-from ovt_explain.logs import CLS, LABELS, SEP, UNK
+from ovt_explain.logs import CLS, LABELS, PAD, SEP, UNK
+
+TRUNCATIONS = ("first", "recent")
 
 
-def model_input_tokens(history: Sequence[str], vocab: Mapping[str, int], max_seq_length: int) -> list[str]:
-    """`[CLS]` + the most recent `max_seq_length - 2` programmes (rare ones as [UNK]) + `[SEP]`."""
-    recent = list(history)[-(max_seq_length - 2):] if max_seq_length > 2 else []
-    return [CLS] + [program if program in vocab else UNK for program in recent] + [SEP]
+def special_ids(vocab: Mapping[str, int]) -> dict[str, int]:
+    """The special tokens' ids as the vocabulary has them (the original's: [UNK] 0 ... [PAD] 3)."""
+    missing = [token for token in (UNK, CLS, SEP, PAD) if token not in vocab]
+    if missing:
+        raise ValueError(f"the vocabulary has no {', '.join(missing)} token")
+    return {token: vocab[token] for token in (UNK, CLS, SEP, PAD, "[MASK]") if token in vocab}
+
+
+def model_input_tokens(history: Sequence[str], vocab: Mapping[str, int], max_seq_length: int,
+                       truncation: str = "first") -> list[str]:
+    """`[CLS]` + `max_seq_length - 2` programmes (rare ones as [UNK]) + `[SEP]`: the first ones, as the
+    original's tokenizer truncates, or with `truncation="recent"` the most recent ones."""
+    keep = max(0, max_seq_length - 2)
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
+    kept = list(history)[:keep] if truncation == "first" else (list(history)[-keep:] if keep else [])
+    return [CLS] + [program if program in vocab else UNK for program in kept] + [SEP]
 
 
 def encode_histories(histories: Sequence[Sequence[str]], vocab: Mapping[str, int],
-                     max_seq_length: int) -> dict[str, np.ndarray]:
-    """Programme ids map straight to vocabulary ids (no BERT tokenizer: it would split the ids)."""
+                     max_seq_length: int, truncation: str = "first") -> dict[str, np.ndarray]:
+    """Programme ids map straight to vocabulary ids (the original's BertTokenizer gives the same: a whole
+    id is one vocabulary word, an unknown one [UNK]); padding uses the vocabulary's [PAD] id.
+    Returns int32 `[n, max_seq_length]` input_ids, input_mask, segment_ids."""
     count = len(histories)
-    input_ids = np.zeros((count, max_seq_length), np.int32)
+    input_ids = np.full((count, max_seq_length), special_ids(vocab)[PAD], np.int32)
     input_mask = np.zeros((count, max_seq_length), np.int32)
     for row, history in enumerate(histories):
-        ids = [vocab[token] for token in model_input_tokens(history, vocab, max_seq_length)]
+        ids = [vocab[token] for token in model_input_tokens(history, vocab, max_seq_length, truncation)]
         input_ids[row, :len(ids)] = ids
         input_mask[row, :len(ids)] = 1
     return {"input_ids": input_ids, "input_mask": input_mask, "segment_ids": np.zeros_like(input_ids)}
@@ -70,6 +87,7 @@ class LoadedClassifier:
         self.labels = model_folder.labels or list(LABELS)
         self.max_seq_length = int((model_folder.run_config or {}).get("max_seq_length",
                                                                       self.config.max_position_embeddings))
+        self.truncation = (model_folder.run_config or {}).get("truncation", "first")
         self.model = classifier_from_config(self.config)
         # Every model variable must come from the checkpoint; the optimizer and step are left out.
         try:
@@ -80,7 +98,10 @@ class LoadedClassifier:
         self.checkpoint_path = path
 
     def encode(self, histories: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
-        return encode_histories(histories, self.vocab, self.max_seq_length)
+        return encode_histories(histories, self.vocab, self.max_seq_length, self.truncation)
+
+    def input_tokens(self, history: Sequence[str]) -> list[str]:
+        return model_input_tokens(history, self.vocab, self.max_seq_length, self.truncation)
 
 
 def _forward_function(model, return_attention: bool):

@@ -1,0 +1,36 @@
+r"""Viewing CSV -> `sentence.txt`, as the original's `convert_to_sentence.py` (streaming, bounded memory).
+
+    python -m ovt_explain.convert_to_sentence --csv_file data/input.csv --sentence_file data/sentence.txt
+
+Input: a header line, then `userid,sortid` rows in any order. Output: one user a line, their sortids
+ascending and space-separated, users in order of first appearance.
+"""
+
+from __future__ import annotations
+
+from absl import flags, logging
+
+from common import cli
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    flags.DEFINE_string("csv_file", None, "Viewing data: header, then userid,sortid rows.")
+    flags.DEFINE_string("sentence_file", None, "Output: one user a line of sortids.")
+
+
+def main(argv):
+    del argv
+    from ovt_explain.original_data import convert_to_sentences
+
+    for name in ("csv_file", "sentence_file"):
+        if not getattr(FLAGS, name):
+            raise cli.UserError(f"--{name} is required")
+    result = convert_to_sentences(FLAGS.csv_file, FLAGS.sentence_file)
+    logging.info("%d rows, %d users -> %s", result["rows"], result["users"], FLAGS.sentence_file)
+
+
+if __name__ == "__main__":
+    define_flags()
+    cli.run(main)
