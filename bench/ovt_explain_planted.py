@@ -1,13 +1,17 @@
-r"""Do the explanations find the planted cause? Synthetic logs -> pre-train -> fine-tune -> explain.
+r"""Do the explanations find the planted cause, and do they beat simple baselines? The original's pipeline
+on synthetic files: viewing CSV -> sentence.txt, metadata -> vocab.txt, labelled files -> pre-train ->
+fine-tune (frozen as the paper, and fully trained) -> explain.
 
-    python bench/ovt_explain_planted.py [--num_users=1500 --num_days=5 --work_dir=/tmp/ovt_planted]
+    python bench/ovt_explain_planted.py [--seeds=0,1,2 --num_users=1500 --num_days=5 --work_dir=/tmp/ovt_planted]
 
-Generates logs where watching episodes of series S drives watching target T, pre-trains a small BERT
-on them (masked LM), fine-tunes viewed/not_viewed, and for the correctly predicted `viewed` test users
-ranks the input programmes by raw last-layer attention, rollout and attention flow from [CLS].
-precision@k = share of the top k programmes that are S's slots (users with at least k S slots in
-their input). Prints one JSON line: macro-F1 / accuracy / ROC-AUC on the test users, precision@k per
-method, and the time of each phase.
+Watching episodes of series S drives watching the target T. For the correctly predicted `viewed` test
+users, the input programmes are ranked by each method's importance to [CLS] (raw last-layer attention,
+rollout, attention flow) and by baselines: a random ranking (seeded), the 5 most recent programmes,
+and global popularity (how often each programme appears in sentence.txt); precision@k = share of the
+top k that are S's slots (users with at least k S slots in their input); chance = the S share of
+those users' inputs. Per seed the data, pre-training and fine-tuning seeds change; each seed
+pre-trains once and fine-tunes twice (frozen: all but the last layer and the pooler; full).
+Prints one JSON line per run, then one summary line with mean and sd over the seeds per setting.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from common import cli  # noqa: E402
 
 cli.quiet_tensorflow()
 
+import collections  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
@@ -27,100 +32,147 @@ from absl import flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("work_dir", "/tmp/ovt_planted", "Scratch folder (emptied first).")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds: each one new data, pre-training and fine-tuning.")
+flags.DEFINE_list("settings", ["frozen", "full"], "Fine-tuning settings: frozen (the paper) and/or full.")
 flags.DEFINE_integer("num_users", 1500, "Synthetic users.")
 flags.DEFINE_integer("num_days", 5, "Synthetic days.")
 flags.DEFINE_integer("max_seq_length", 64, "Model input length.")
 flags.DEFINE_integer("hidden_size", 64, "Model width.")
 flags.DEFINE_integer("num_layers", 3, "Transformer layers.")
-flags.DEFINE_float("pretrain_epochs", 6.0, "Pre-training passes over the users.")
+flags.DEFINE_float("pretrain_epochs", 12.0, "Pre-training passes over the lines.")
 flags.DEFINE_float("cls_epochs", 8.0, "Fine-tuning passes.")
-flags.DEFINE_bool("freeze", False, "Freeze all but the last layer and the pooler (the paper's setting).")
+flags.DEFINE_float("frozen_learning_rate", 2e-3, "Fine-tuning learning rate, frozen encoder.")
+flags.DEFINE_float("full_learning_rate", 5e-4, "Fine-tuning learning rate, whole encoder.")
 flags.DEFINE_integer("k", 5, "precision@k.")
-flags.DEFINE_integer("random_seed", 0, "Seed of the synthetic logs and the runs.")
+
+METHODS = ("raw", "rollout", "flow")
+BASELINES = ("random", "recent", "popularity")
 
 
-def precision_at_k(importance: np.ndarray, positions: list[int], planted: list[bool], k: int) -> float:
-    ranked = sorted(range(len(positions)), key=lambda i: -importance[positions[i]])[:k]
+def precision_at_k(scores: np.ndarray, planted: list[bool], k: int) -> float:
+    """Share of planted items among the k highest `scores` (ties: earlier position first)."""
+    ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
     return float(np.mean([planted[i] for i in ranked]))
+
+
+def prepare(seed: int, work: str) -> dict:
+    """Synthetic files through the original's data steps; returns paths and the planted cause."""
+    from ovt_explain.make_synthetic_logs import write_synthetic_logs
+    from ovt_explain.original_data import classify_sentences, convert_to_sentences, save_vocab, target_sort_ids
+
+    paths = write_synthetic_logs(os.path.join(work, "syn"), num_users=FLAGS.num_users, num_days=FLAGS.num_days,
+                                 random_seed=seed)["paths"]
+    sentences = os.path.join(work, "sentence.txt")
+    convert_to_sentences(paths["viewing.csv"], sentences)
+    vocab_file = save_vocab(paths["tv_meta_data.csv"], work)
+    target = target_sort_ids(paths["tv_meta_data.csv"], "Special T", "")
+    classify_sentences(sentences, target, os.path.join(work, "classify"))
+    cause = set(json.load(open(paths["planted.json"]))["cause_slots"])
+    popularity = collections.Counter(slot for line in open(sentences) for slot in line.split())
+    return {"paths": paths, "sentences": sentences, "vocab_file": vocab_file, "cause": cause,
+            "popularity": popularity}
+
+
+def defaults(keys):
+    from ovt_explain.run_config import REQUIRED
+
+    return {key.name: (None if key.default is REQUIRED else key.default) for key in keys}
+
+
+def score(cls_dir: str, data: dict, seed: int) -> dict:
+    """precision@k of each method and baseline over the correctly predicted viewers with >= k S slots."""
+    from ovt_explain.attention_visualization import explain_users
+    from ovt_explain.logs import read_logs
+    from ovt_explain.modeling import LoadedClassifier
+
+    classifier = LoadedClassifier(cls_dir)
+    viewed = read_logs(os.path.join(cls_dir, "viewed.txt"))  # correctly predicted viewers (test split)
+    explanations = explain_users(classifier, viewed, flow_rows=(0,)) if viewed else []
+    rng = np.random.default_rng(seed)
+    scores = {name: [] for name in METHODS + BASELINES + ("chance",)}
+    k = FLAGS.k
+    for explanation in explanations:
+        tokens = explanation.tokens
+        positions = [i for i, t in enumerate(tokens) if t not in ("[CLS]", "[SEP]")]
+        programmes = [viewed[explanation.user_id][i - 1] for i in positions]  # the ids, [UNK] or not
+        planted = [p in data["cause"] for p in programmes]
+        if sum(planted) < k:
+            continue
+        for method in METHODS:
+            importance = explanation.importance(method)
+            scores[method].append(precision_at_k(np.asarray([importance[i] for i in positions]), planted, k))
+        scores["random"].append(precision_at_k(rng.random(len(positions)), planted, k))
+        scores["recent"].append(precision_at_k(np.arange(len(positions), dtype=float), planted, k))
+        scores["popularity"].append(precision_at_k(
+            np.asarray([data["popularity"][p] for p in programmes], float), planted, k))
+        scores["chance"].append(float(np.mean(planted)))
+    return {name: (float(np.mean(values)) if values else float("nan")) for name, values in scores.items()} | {
+        "scored_users": len(scores["flow"]), "viewed_test_users": len(viewed)}
 
 
 def main(argv):
     del argv
-    from ovt_explain.attention_visualization import explain_users
     from ovt_explain.bert_cls import CLS_KEYS, fine_tune
     from ovt_explain.bert_pretraining import PRETRAINING_KEYS, pretrain
-    from ovt_explain.logs import read_logs
-    from ovt_explain.make_synthetic_logs import write_synthetic_logs
-    from ovt_explain.modeling import LoadedClassifier, model_input_tokens
-    from ovt_explain.run_config import REQUIRED
 
-    work = FLAGS.work_dir
-    shutil.rmtree(work, ignore_errors=True)
-    timings = {}
-    started = time.perf_counter()
-    synthetic = write_synthetic_logs(os.path.join(work, "syn"), num_users=FLAGS.num_users,
-                                     num_days=FLAGS.num_days, random_seed=FLAGS.random_seed)
-    paths = synthetic["paths"]
-    timings["synthetic_s"] = time.perf_counter() - started
-
-    def defaults(keys):
-        return {key.name: (None if key.default is REQUIRED else key.default) for key in keys}
-
-    pre_config = defaults(PRETRAINING_KEYS)
-    pre_config.update(train_file=[paths["logs.txt"]], vocab_file=os.path.join(work, "pre", "vocab.txt"),
-                      output_dir=os.path.join(work, "pre"), num_hidden_layers=FLAGS.num_layers,
-                      hidden_size=FLAGS.hidden_size, num_attention_heads=2, max_seq_length=FLAGS.max_seq_length,
-                      batch_size=32, epochs=FLAGS.pretrain_epochs, learning_rate=1e-3, warmup_proportion=0.05,
-                      eval_percentage=5.0, eval_steps=200, logging_steps=100, save_steps=1000, dupe_factor=3,
-                      random_seed=FLAGS.random_seed)
-    started = time.perf_counter()
-    pre = pretrain(pre_config, progress=False)
-    timings["pretrain_s"] = time.perf_counter() - started
-
-    cls_config = defaults(CLS_KEYS)
-    cls_config.update(train_file=[paths["logs.txt"]], target_program=paths["planted.json"],
-                      pretrained_model=pre_config["output_dir"], output_dir=os.path.join(work, "cls"),
-                      max_seq_length=FLAGS.max_seq_length, batch_size=32, epochs=FLAGS.cls_epochs,
-                      learning_rate=5e-4, warmup_proportion=0.1, freeze_bert_params=FLAGS.freeze,
-                      eval_steps=50, logging_steps=100, save_steps=1000, load_best_model_at_end=True,
-                      random_seed=FLAGS.random_seed)
-    started = time.perf_counter()
-    results = fine_tune(cls_config, progress=False)
-    timings["finetune_s"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    classifier = LoadedClassifier(cls_config["output_dir"])
-    viewed = read_logs(os.path.join(cls_config["output_dir"], "viewed.txt"))  # correctly predicted viewers
-    explanations = explain_users(classifier, viewed, flow_rows=(0,))
-    timings["explain_s"] = time.perf_counter() - started
-    cause = set(json.load(open(paths["planted.json"]))["cause_slots"])
-    scores = {"raw": [], "rollout": [], "flow": []}
-    for explanation in explanations:
-        tokens = model_input_tokens(viewed[explanation.user_id], classifier.vocab, classifier.max_seq_length)
-        positions = [i for i, t in enumerate(tokens) if t not in ("[CLS]", "[SEP]")]
-        planted = [tokens[i] in cause for i in positions]
-        if sum(planted) < FLAGS.k:
-            continue
-        for method in scores:
-            scores[method].append(precision_at_k(explanation.importance(method), positions, planted, FLAGS.k))
-    planted_share = float(np.mean([np.mean([t in cause for t in h[-(FLAGS.max_seq_length - 2):]])
-                                   for h in viewed.values()])) if viewed else float("nan")
-    test = results.get("test", {})
-    print(json.dumps({
-        "bench": "ovt_explain_planted", "users": synthetic["users"], "layers": FLAGS.num_layers,
-        "hidden": FLAGS.hidden_size, "seq": FLAGS.max_seq_length, "freeze": FLAGS.freeze,
-        "pretrain_steps": pre["steps"], "mlm_accuracy": (pre["eval_history"][-1].get("masked_lm_accuracy")
-                                                         if pre["eval_history"] else None),
-        "test_macro_f1": round(test.get("macro_f1", float("nan")), 4),
-        "test_accuracy": round(test.get("accuracy", float("nan")), 4),
-        "test_roc_auc": round(test.get("roc_auc", float("nan")), 4),
-        "explained_users": len(scores["flow"]),
-        "planted_share_of_input": round(planted_share, 3),
-        **{f"p@{FLAGS.k}_{method}": round(float(np.mean(values)), 4) if values else None
-           for method, values in scores.items()},
-        **{name: round(value, 1) for name, value in timings.items()},
-        "note": "2-core CPU shared with other jobs",
-    }))
+    shutil.rmtree(FLAGS.work_dir, ignore_errors=True)
+    runs = []
+    for seed in (int(s) for s in FLAGS.seeds):
+        work = os.path.join(FLAGS.work_dir, f"seed{seed}")
+        started = time.perf_counter()
+        data = prepare(seed, work)
+        pre_config = defaults(PRETRAINING_KEYS)
+        pre_config.update(train_file=[data["sentences"]], vocab_file=data["vocab_file"],
+                          output_dir=os.path.join(work, "pre"), num_hidden_layers=FLAGS.num_layers,
+                          hidden_size=FLAGS.hidden_size, num_attention_heads=2,
+                          intermediate_size=4 * FLAGS.hidden_size, max_seq_length=FLAGS.max_seq_length,
+                          per_device_train_batch_size=32, epochs=FLAGS.pretrain_epochs, learning_rate=2e-3,
+                          warmup_proportion=0.05, eval_steps=10 ** 6, logging_steps=10 ** 6, save_steps=10 ** 6,
+                          random_seed=seed)
+        pre = pretrain(pre_config, progress=False)
+        pretrain_seconds = time.perf_counter() - started
+        for setting in FLAGS.settings:
+            started = time.perf_counter()
+            frozen = setting == "frozen"
+            cls_config = defaults(CLS_KEYS)
+            cls_config.update(train_dir=os.path.join(work, "classify"), pretrained_model=pre_config["output_dir"],
+                              output_dir=os.path.join(work, f"cls_{setting}"), max_seq_length=FLAGS.max_seq_length,
+                              line_sampling="all", per_device_train_batch_size=32, epochs=FLAGS.cls_epochs,
+                              learning_rate=FLAGS.frozen_learning_rate if frozen else FLAGS.full_learning_rate,
+                              warmup_proportion=0.1, freeze_bert_params=frozen, eval_steps=50,
+                              logging_steps=10 ** 6, save_steps=10 ** 6, load_best_model_at_end=True,
+                              random_seed=seed)
+            results = fine_tune(cls_config, progress=False)
+            finetune_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            precision = score(cls_config["output_dir"], data, seed)
+            test = results.get("test", {})
+            run = {"bench": "ovt_explain_planted_run", "seed": seed, "setting": setting,
+                   "mlm_accuracy": round(pre["eval_history"][-1]["masked_lm_accuracy"], 4) if pre["eval_history"] else None,
+                   "test_macro_f1": round(test.get("macro_f1", float("nan")), 4),
+                   "test_roc_auc": round(test.get("roc_auc", float("nan")), 4),
+                   **{f"p@{FLAGS.k}_{name}": round(value, 4) if isinstance(value, float) else value
+                      for name, value in precision.items()},
+                   "pretrain_s": round(pretrain_seconds, 1), "finetune_s": round(finetune_seconds, 1),
+                   "explain_s": round(time.perf_counter() - started, 1),
+                   "load_average_1min": round(os.getloadavg()[0], 2)}
+            runs.append(run)
+            print(json.dumps(run), flush=True)
+    summary = {"bench": "ovt_explain_planted", "seeds": FLAGS.seeds, "users": FLAGS.num_users,
+               "layers": FLAGS.num_layers, "hidden": FLAGS.hidden_size, "seq": FLAGS.max_seq_length}
+    for setting in FLAGS.settings:
+        chosen = [run for run in runs if run["setting"] == setting]
+        for name in ("test_macro_f1",) + tuple(f"p@{FLAGS.k}_{n}" for n in METHODS + BASELINES + ("chance",)):
+            values = np.asarray([run[name] for run in chosen], float)
+            summary[f"{setting}_{name}"] = f"{np.nanmean(values):.3f}±{np.nanstd(values, ddof=1) if len(values) > 1 else 0:.3f}"
+        best_baseline = max(np.nanmean([run[f"p@{FLAGS.k}_{b}"] for run in chosen]) for b in BASELINES)
+        summary[f"{setting}_best_baseline"] = round(float(best_baseline), 3)
+        for method in ("rollout", "flow"):
+            mean = float(np.nanmean([run[f"p@{FLAGS.k}_{method}"] for run in chosen]))
+            summary[f"{setting}_{method}_target_met"] = bool(mean >= 0.9 and mean - best_baseline >= 0.3)
+    summary.update(load_average_1min=round(os.getloadavg()[0], 2), cpu_count=os.cpu_count(),
+                   note="2-core CPU shared with other jobs")
+    print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def _parse_object(text: str, path: str, line_offset: int = 0):
 def is_plain_text(text: str) -> bool:
     """The original's plain-text layout (one user a line of ids) rather than JSON."""
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return not first.startswith("{")
+    return not first.startswith(("{", "["))
 
 
 def iter_plain_lines(path: str | os.PathLike) -> Iterable[tuple[int, list[str]]]:
@@ -116,7 +116,7 @@ def read_logs(path: str | os.PathLike) -> dict[str, list[str]]:
     first = next((line.strip() for line in lines if line.strip()), "")
     if not first:
         raise LogFormatError(f"{path}:1:1: empty log file (expected plain text, a JSON object or JSON Lines)")
-    if not first.startswith("{"):
+    if not first.startswith(("{", "[")):
         return read_plain_logs(path)
     if path.endswith((".jsonl", ".ndjson")) or (first.startswith("{") and first.endswith("}")
                                                 and len([line for line in lines if line.strip()]) > 1):

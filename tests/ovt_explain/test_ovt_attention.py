@@ -52,8 +52,23 @@ def test_flow_closed_forms():
     expected = np.minimum(two[1][:, :, None], two[0][None, :, :]).sum(axis=1)
     expected /= expected.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(attention_flow(two, add_residual=False), expected, atol=1e-12)
-    rows = attention_flow(two, add_residual=False)
-    np.testing.assert_allclose(rows.sum(axis=1), 1.0, atol=1e-12)
+
+
+def test_hand_computed_three_token_case():
+    """Two layers, one head, three tokens, every value worked out by hand."""
+    first = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    second = np.array([[0.2, 0.0, 0.8], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    attention = np.stack([first, second])[:, None]  # [layers, heads, n, n]
+    # The original's raw attention: (A + I) / row sum, i.e. 0.5 A + 0.5 I here.
+    np.testing.assert_allclose(raw_attention(attention)[1, 0], [0.6, 0.0, 0.4], atol=1e-15)
+    np.testing.assert_allclose(raw_attention(attention)[0, 2], [0.5, 0.0, 0.5], atol=1e-15)
+    np.testing.assert_allclose(raw_attention(attention, add_residual=False)[1, 0], [0.2, 0.0, 0.8], atol=1e-15)
+    # Rollout row 0: 0.6 x [.5 .5 0] + 0.4 x [.5 0 .5].
+    np.testing.assert_allclose(attention_rollout(attention)[0], [0.5, 0.3, 0.2], atol=1e-15)
+    # Flow: to input 0 min(.6,.5) + min(.4,.5) = .9; to 1 min(.6,.5) = .5; to 2 min(.4,.5) = .4; / 1.8.
+    np.testing.assert_allclose(attention_flow(attention, rows=0), [0.5, 5 / 18, 2 / 9], atol=1e-12)
+    np.testing.assert_allclose(networkx_flow(prepare_attention(attention), [0])[0], [0.5, 5 / 18, 2 / 9],
+                               atol=1e-9)
 
 
 def test_flow_all_layers_ends_with_last_layer():
@@ -74,7 +89,7 @@ def test_rollout_is_the_matrix_product_of_residual_attention():
     np.testing.assert_allclose(attention_rollout(attention, all_layers=True)[1], residual[1] @ residual[0],
                                atol=1e-12)
     np.testing.assert_allclose(token_importance(attention, "rollout", row=2), expected[2], atol=1e-12)
-    np.testing.assert_allclose(token_importance(attention, "raw", row=2), averaged[-1, 2], atol=1e-12)
+    np.testing.assert_allclose(token_importance(attention, "raw", row=2), residual[3][2], atol=1e-12)
 
 
 def test_padding_is_cropped_and_rows_renormalised():
@@ -87,8 +102,10 @@ def test_padding_is_cropped_and_rows_renormalised():
     noisy = padded * (1 + 1e-3 * rng.random(padded.shape))
     prepared = prepare_attention(noisy, length=5)
     assert prepared.shape == (2, 5, 5) and prepared.dtype == np.float64
-    np.testing.assert_allclose(prepared.sum(-1), 1.0, atol=1e-12)
-    np.testing.assert_allclose(raw_attention(noisy, length=5), attention.mean(1), atol=2e-3)
+    # The closed form: crop, average the heads, add the identity's half, divide each row by its sum.
+    cropped = 0.5 * noisy[:, :, :5, :5].mean(axis=1) + 0.5 * np.eye(5)
+    np.testing.assert_allclose(prepared, cropped / cropped.sum(-1, keepdims=True), atol=1e-15)
+    np.testing.assert_allclose(raw_attention(noisy, length=5), 0.5 * attention.mean(1) + 0.5 * np.eye(5), atol=2e-3)
     np.testing.assert_allclose(attention_flow(noisy, length=5), attention_flow(attention), atol=2e-3)
     with pytest.raises(ValueError, match="out of range"):
         attention_flow(attention, rows=[7])
@@ -101,5 +118,7 @@ def test_bfloat16_attention_is_read_as_float64():
     low = [tf.constant(layer, tf.bfloat16) for layer in attention]  # as the encoder returns it under mixed precision
     prepared = prepare_attention(low)
     assert prepared.dtype == np.float64
-    np.testing.assert_allclose(prepared.sum(-1), 1.0, atol=1e-12)
+    exact = np.stack([tf.cast(layer, tf.float32).numpy().astype(np.float64) for layer in low]).mean(1)
+    exact = 0.5 * exact + 0.5 * np.eye(6)
+    np.testing.assert_allclose(prepared, exact / exact.sum(-1, keepdims=True), atol=1e-15)
     np.testing.assert_allclose(attention_flow(low), attention_flow(attention), atol=2e-2)

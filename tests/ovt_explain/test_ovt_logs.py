@@ -8,8 +8,8 @@ import pytest
 
 from common.cli import UserError
 from common.tokenization import load_vocab
-from ovt_explain.logs import (LogFormatError, build_vocabulary, label_users, read_logs, write_logs,
-                              write_program_vocab)
+from ovt_explain.logs import (LABELS, NOT_VIEWED, VIEWED, LogFormatError, build_vocabulary, classify_ids,
+                              label_users, read_logs, viewed_threshold, write_logs, write_program_vocab)
 from ovt_explain.make_synthetic_logs import generate_synthetic_logs, write_synthetic_logs
 from ovt_explain.run_config import load_config
 
@@ -56,31 +56,49 @@ def test_malformed_json_lines_name_the_line(tmp_path):
         read_logs(path)
 
 
-def test_labelling_rule_third_of_slots_and_history_before_first_slot():
-    # Target: 6 slots on channel 1 from time 1000 (ids = time digits + channel digit).
-    target = [f"{1000 + 300 * k}1" for k in range(6)]
+@pytest.mark.parametrize("slots,needed", [(3, 1), (4, 1), (6, 1), (9, 2), (10, 3), (12, 3)])
+def test_the_originals_integer_threshold(slots, needed):
+    """max(1, int(n x 0.333)): 4, 6, 9 and 10 slots need one slot fewer than a third rounded up."""
+    assert viewed_threshold(slots) == needed
+    target = [f"{16280000 + 3 * k:08d}1" for k in range(slots)]
+    histories = {"enough": ["1001"] + target[:needed], "short": ["1001"] + target[:needed - 1]}
+    users = {user.user_id: user for user in label_users(histories, target)}
+    assert users["enough"].label == LABELS.index(VIEWED)
+    assert users["short"].label == LABELS.index(NOT_VIEWED)
+
+
+def test_history_is_whole_id_comparison_and_empty_histories_stay():
+    target = ["16280244001", "16280247001", "16280250001"]  # smallest id 16280244001
     histories = {
-        "two_slots": ["9002", "9992", "10001", "13001", "16001"],       # 2 of 6 = 1/3 -> viewed
-        "one_slot": ["9002", "10001", "25002"],                         # 1 of 6 -> not viewed
-        "late_start": ["9003", "9503", "16001", "19001", "22001"],      # 3 of 6, joined late -> viewed
-        "no_history": ["10001", "13001", "16001"],                      # nothing before -> left out
+        # Same slot time as the target's start on channel 0: a smaller whole id, so history.
+        "same_time": ["16280100003", "16280244000", "16280244001"],
+        # A later channel at the same time is a larger id: not history, though not watched either.
+        "later_channel": ["16280100003", "16280244002"],
+        "no_history": ["16280247001", "16280250001"],
     }
     users = {user.user_id: user for user in label_users(histories, target)}
-    assert set(users) == {"two_slots", "one_slot", "late_start"}
-    assert users["two_slots"].label == 1 and users["two_slots"].history == ["9002", "9992"]
-    assert users["one_slot"].label == 0 and users["one_slot"].history == ["9002"]
-    # Programmes after the target's first slot time never reach the input, watched or not.
-    assert users["late_start"].label == 1 and users["late_start"].history == ["9003", "9503"]
-    assert users["late_start"].watched_share == pytest.approx(0.5)
+    assert users["same_time"].history == ["16280100003", "16280244000"]
+    assert users["later_channel"].history == ["16280100003"]
+    assert users["no_history"].history == [] and users["no_history"].label == LABELS.index(VIEWED)
+    assert classify_ids([5, 1, 9, 3], [4, 9], needed=1) == (True, [1, 3])
+
+
+def test_plain_text_files_read_line_by_line(tmp_path):
+    path = write(tmp_path, "viewed_v2.txt", "16277787006 16280697004\n\n16280769001")
+    assert read_logs(path) == {"L1": ["16277787006", "16280697004"], "L2": [], "L3": ["16280769001"]}
+    bad = write(tmp_path, "sentence.txt", "1 2\n3 x4 5\n")
+    with pytest.raises(LogFormatError, match=r"sentence\.txt:2:3: 'x4' is not a programme id"):
+        read_logs(bad)
 
 
 def test_vocabulary_min_count_and_unknown(tmp_path):
-    histories = [["a", "b", "b"], ["b", "c"], ["a"]]
-    assert build_vocabulary(histories, min_count=2) == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "b", "a"]
+    histories = [["20", "3", "3"], ["3", "100"], ["20"]]
+    # The original's order: [UNK] [CLS] [SEP] [PAD] [MASK], then the ids ascending (numerically).
+    assert build_vocabulary(histories, min_count=2) == ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]", "3", "20"]
     path = tmp_path / "vocab.txt"
     write_program_vocab(histories, path, min_count=1)
     vocab = load_vocab(path)
-    assert vocab["[PAD]"] == 0 and vocab["b"] == 5 and len(vocab) == 8
+    assert vocab["[PAD]"] == 3 and vocab["[UNK]"] == 0 and vocab["100"] == 7 and len(vocab) == 8
 
 
 def test_synthetic_logs_are_deterministic_and_plant_the_cause(tmp_path):
@@ -90,18 +108,21 @@ def test_synthetic_logs_are_deterministic_and_plant_the_cause(tmp_path):
     planted = first.planted
     cause = set(planted["cause_slots"])
     users = label_users(first.histories, planted["target_slots"])
-    assert 20 < sum(u.label for u in users) < len(users) - 20
+    viewed = LABELS.index(VIEWED)
+    assert 20 < sum(u.label == viewed for u in users) < len(users) - 20
 
     def episodes(user):
         return len({first.programs[slot]["program"] for slot in cause.intersection(user.history)})
     # The planted rule: >= 2 episodes of S before T -> viewed with p 0.9, otherwise 0.05.
-    fans = [u.label for u in users if episodes(u) >= 2]
-    others = [u.label for u in users if episodes(u) < 2]
+    fans = [u.label == viewed for u in users if episodes(u) >= 2]
+    others = [u.label == viewed for u in users if episodes(u) < 2]
     assert len(fans) > 30 and len(others) > 30
     assert sum(fans) / len(fans) > 0.8 and sum(others) / len(others) < 0.12
     assert all(slot in first.programs for slot in planted["cause_slots"] + planted["target_slots"])
     result = write_synthetic_logs(str(tmp_path / "syn"), num_users=50, num_days=2, num_channels=3)
     assert len(read_logs(result["paths"]["logs.txt"])) == result["users"]
+    rows = open(result["paths"]["viewing.csv"], encoding="utf-8").read().splitlines()
+    assert rows[0] == "userid,sortid" and len(rows) - 1 == sum(map(len, read_logs(result["paths"]["logs.txt"]).values()))
     assert json.load(open(result["paths"]["planted.json"]))["target_slots"]
 
 
@@ -113,8 +134,11 @@ def test_config_keys_are_checked_with_file_and_line(tmp_path):
                                                    "output_dir": "out", "num_bert_layers": 2,
                                                    "per_device_train_batch_size": 4}, indent=1))
     config = load_config(good, PRETRAINING_KEYS)
-    assert config["num_hidden_layers"] == 2 and config["batch_size"] == 4 and config["train_file"] == ["logs.txt"]
-    assert config["max_seq_length"] == 512 and config["hidden_size"] == 256  # the paper's defaults
+    assert config["num_hidden_layers"] == 2 and config["per_device_train_batch_size"] == 4
+    assert config["train_file"] == ["logs.txt"] and config["batch_size"] is None
+    # The published model's sizes and the original's evaluation share are the defaults.
+    assert (config["max_seq_length"], config["hidden_size"], config["intermediate_size"]) == (512, 256, 3072)
+    assert config["eval_percentage"] == 5
     typo = write(tmp_path, "typo.json", '{\n "output_dir": "o",\n "max_seq_lenght": 64\n}')
     with pytest.raises(UserError, match=r"typo\.json:3: unknown key 'max_seq_lenght' \(did you mean 'max_seq_length'"):
         load_config(typo, CLS_KEYS, IGNORED_KEYS)
@@ -151,7 +175,7 @@ def test_paper_sample_files_and_train_dir_layout(shared_data, tmp_path):
     assert len(viewed) == 5 and all(len(h) > 10 and all(len(p) == 11 and p.isdigit() for p in h)
                                     for h in viewed.values())
     config = {"train_dir": folder, "train_file": None, "target_program": None, "random_seed": 0,
-              "randomize_data": False, "train_data_max_per_label": 4}
+              "line_sampling": "all", "train_data_max_per_label": 4}
     users = load_labelled_users(config, "cls_config.json")
-    assert [label for *_, label in users] == [0] * 4 + [1] * 4  # not_viewed*, viewed*; predict_missed unused
-    assert users[4][0] == next(iter(viewed)) and users[4][1] == viewed[users[4][0]]
+    assert [label for *_, label in users] == [0] * 4 + [1] * 4  # viewed* = 0, not_viewed* = 1; predict_missed unused
+    assert users[0][0] == next(iter(viewed)) and users[0][1] == viewed[users[0][0]]

@@ -27,35 +27,93 @@ def defaults(keys):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """The original's pipeline on synthetic files: viewing CSV -> sentence.txt, metadata -> vocab.txt
+    ([PAD] = 3), labelled plain-text files -> pre-training -> fine-tuning."""
+    from ovt_explain.original_data import classify_sentences, convert_to_sentences, save_vocab, target_sort_ids
+
     work = tmp_path_factory.mktemp("ovt")
     paths = write_synthetic_logs(str(work / "syn"), num_users=700, num_days=3, num_channels=4,
                                  random_seed=1)["paths"]
+    sentences = str(work / "sentence.txt")
+    convert_to_sentences(paths["viewing.csv"], sentences)
+    vocab_file = save_vocab(paths["tv_meta_data.csv"], str(work))
+    target = target_sort_ids(paths["tv_meta_data.csv"], "Special T", "")
+    classify_sentences(sentences, target, str(work / "classify"))
     pre_config = defaults(PRETRAINING_KEYS)
-    pre_config.update(train_file=[paths["logs.txt"]], vocab_file=str(work / "pre" / "vocab.txt"),
-                      output_dir=str(work / "pre"), num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
-                      max_seq_length=40, batch_size=32, epochs=2.0, learning_rate=2e-3, eval_percentage=5.0,
-                      eval_steps=1000, logging_steps=1000, save_steps=1000, dupe_factor=1, random_seed=1,
-                      num_proc=1)
+    pre_config.update(train_file=[sentences], vocab_file=vocab_file, output_dir=str(work / "pre"),
+                      num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=128,
+                      max_seq_length=40, per_device_train_batch_size=32, epochs=16.0, learning_rate=5e-3,
+                      warmup_proportion=0.1, eval_steps=1000, logging_steps=1000, save_steps=1000, random_seed=1)
     pre = pretrain(pre_config, progress=False)
     cls_config = defaults(CLS_KEYS)
-    cls_config.update(train_file=[paths["logs.txt"]], target_program=paths["planted.json"],
-                      pretrained_model=str(work / "pre"), output_dir=str(work / "cls"), max_seq_length=40,
-                      batch_size=32, epochs=6.0, learning_rate=2e-3, warmup_proportion=0.1,
+    cls_config.update(train_dir=str(work / "classify"), pretrained_model=str(work / "pre"),
+                      output_dir=str(work / "cls"), max_seq_length=40, line_sampling="all",
+                      per_device_train_batch_size=32, epochs=6.0, learning_rate=2e-3, warmup_proportion=0.1,
                       freeze_bert_params=False, eval_steps=1000, logging_steps=1000, save_steps=1000,
                       random_seed=1)
     results = fine_tune(cls_config, progress=False)
     return {"work": work, "paths": paths, "pre": pre, "pre_config": pre_config, "results": results,
-            "cls_dir": str(work / "cls")}
+            "cls_dir": str(work / "cls"), "sentences": sentences, "target": target}
 
 
-def test_pretraining_writes_a_model_folder_that_beats_uniform(trained):
+def masked_episode_top5(pre_dir, lines, cause, episode_of, frequent, max_seq_length):
+    """Masks the middle slot of each run of three consecutive slots of series S in `lines`; returns the
+    share of cases whose top 5 predictions hold (the masked slot, a slot of its episode) and the share
+    whose masked episode is among the 5 most frequent ids `frequent`, and the number of cases."""
+    import tensorflow as tf
+
+    from common.checkpoints import restore_checkpoint
+    from common.config import BertConfig
+    from common.encoder import BertEncoder
+    from common.heads import BertPretrainer
+    from common.tokenization import load_vocab
+
+    vocab = load_vocab(os.path.join(pre_dir, "vocab.txt"))
+    token_of = {index: token for token, index in vocab.items()}
+    model = BertPretrainer(BertEncoder(BertConfig.from_json_file(os.path.join(pre_dir, "bert_config.json"))),
+                           use_next_sentence=False)
+    restore_checkpoint(tf.train.Checkpoint(model=model), tf.train.latest_checkpoint(pre_dir))
+    inputs, positions, answers = [], [], []
+    for line in lines:
+        line = line[:max_seq_length - 2]
+        for i in range(1, len(line) - 1):
+            if line[i - 1] in cause and line[i] in cause and line[i + 1] in cause:
+                tokens = [vocab["[CLS]"]] + [vocab.get(t, vocab["[UNK]"]) for t in line] + [vocab["[SEP]"]]
+                answers.append(line[i])
+                tokens[i + 1] = vocab["[MASK]"]
+                inputs.append(tokens + [vocab["[PAD]"]] * (max_seq_length - len(tokens)))
+                positions.append([i + 1])
+    ids = np.asarray(inputs, np.int32)
+    features = {"input_ids": ids, "input_mask": (ids != vocab["[PAD]"]).astype(np.int32),
+                "segment_ids": np.zeros_like(ids), "masked_lm_positions": np.asarray(positions, np.int32)}
+    logits = model(features, training=False)["masked_lm_logits"].numpy()[:, 0]
+    top5 = [[token_of[i] for i in row] for row in np.argsort(-logits, axis=1)[:, :5]]
+    exact = np.mean([answer in row for answer, row in zip(answers, top5)])
+    episode = np.mean([any(episode_of.get(t) == episode_of[answer] for t in row) for answer, row in zip(answers, top5)])
+    baseline = np.mean([any(episode_of.get(t) == episode_of[answer] for t in frequent) for answer in answers])
+    return float(exact), float(episode), float(baseline), len(answers)
+
+
+def test_pretraining_learns_the_planted_series(trained):
+    import collections
+
     pre = trained["pre"]
     folder = trained["pre_config"]["output_dir"]
     for name in ("bert_config.json", "vocab.txt", "run_config.json", "eval_history.json", "checkpoint"):
         assert os.path.isfile(os.path.join(folder, name)), name
     assert pre["steps"] == pre["num_train_steps"] > 0
-    # The masked-LM evaluation ran in the loop, and the model predicts better than a uniform guess.
-    assert pre["eval_history"] and pre["eval_history"][-1]["masked_lm"] < np.log(pre["vocab_size"])
+    # One line = one example; the first 5 % of sentence.txt's 700 lines evaluate.
+    assert (pre["eval_examples"], pre["train_examples"]) == (35, 665)
+    # The planted structure: an episode slot of series S masked between two others; on the evaluation
+    # lines its episode is in the top 5 predictions (often the exact slot), while the 5 most frequent
+    # ids of sentence.txt hold it almost never.
+    cause = set(json.load(open(trained["paths"]["planted.json"]))["cause_slots"])
+    programs = json.load(open(trained["paths"]["programs.json"]))
+    episode_of = {slot: entry["program"] for slot, entry in programs.items()}
+    lines = [line.split() for line in open(trained["sentences"])]
+    frequent = [slot for slot, _ in collections.Counter(s for line in lines for s in line).most_common(5)]
+    exact, episode, baseline, cases = masked_episode_top5(folder, lines[:35], cause, episode_of, frequent, 40)
+    assert cases >= 20 and episode >= 0.8 and exact >= 0.3 and baseline <= 0.2, (exact, episode, baseline, cases)
 
 
 def test_fine_tuning_learns_the_planted_cause_and_writes_samples(trained):
@@ -65,6 +123,8 @@ def test_fine_tuning_learns_the_planted_cause_and_writes_samples(trained):
     assert json.load(open(os.path.join(cls_dir, "test_results.json")))["test"]["accuracy"] == results["test"]["accuracy"]
     predictions = [json.loads(line) for line in open(os.path.join(cls_dir, "predictions.jsonl"))]
     assert {p["split"] for p in predictions} == {"train", "validation", "test"}
+    # The original's split: 700 users shuffled, int(0.8 n) / int(0.1 n) / the rest.
+    assert [sum(p["split"] == name for p in predictions) for name in ("train", "validation", "test")] == [560, 70, 70]
     test_users = {p["user_id"]: p for p in predictions if p["split"] == "test"}
     viewed = read_logs(os.path.join(cls_dir, "viewed.txt"))
     missed = read_logs(os.path.join(cls_dir, "predict_missed.txt"))
@@ -73,12 +133,19 @@ def test_fine_tuning_learns_the_planted_cause_and_writes_samples(trained):
     assert len(viewed) + len(missed) + len(not_viewed) == len(test_users)
     assert all(test_users[u]["label"] == test_users[u]["predicted"] == "viewed" for u in viewed)
     assert all(test_users[u]["label"] != test_users[u]["predicted"] for u in missed)
-    # The samples hold the model's input: history before the target, at most max_seq_length - 2 ids.
-    target_start = min(int(s[:-1]) for s in json.load(open(trained["paths"]["planted.json"]))["target_slots"])
-    assert all(len(h) <= 38 and all(int(s[:-1]) < target_start for s in h) for h in viewed.values())
+    # The samples hold the model's input: the first max_seq_length - 2 ids below the target's smallest id.
+    smallest = min(trained["target"])
+    assert all(len(h) <= 38 and all(int(s) < smallest for s in h) for h in viewed.values())
+    # The classifier reads the vocabulary's [PAD] (id 3 in the original's vocab.txt).
+    from ovt_explain.modeling import LoadedClassifier
+
+    classifier = LoadedClassifier(cls_dir)
+    assert classifier.vocab["[PAD]"] == 3
+    features = classifier.encode([next(iter(viewed.values()))[:5]])
+    assert features["input_ids"][0, 7:].tolist() == [3] * 33
 
 
-def test_visualization_writes_pictures_html_and_dumps(trained):
+def test_visualization_writes_the_originals_pictures_html_and_dumps(trained):
     from ovt_explain.attention_visualization import visualize
 
     out = trained["work"] / "figs"
@@ -87,15 +154,20 @@ def test_visualization_writes_pictures_html_and_dumps(trained):
     pngs = [path for path in result["files"] if path.endswith(".png")]
     assert len(pngs) == 2 * 6  # per user: 3 graphs, heatmap, importance, prediction
     assert all(os.path.getsize(path) > 5000 for path in pngs)
+    for method, name in (("raw", "raw_attention"), ("rollout", "attention_rollout"), ("flow", "attention_flow")):
+        assert len(os.listdir(out / "images" / "viewed" / method)) == 2
+        assert all(path.endswith(f"_{name}_graph.png") for path in os.listdir(out / "images" / "viewed" / method))
     page = open(result["html"], encoding="utf-8").read()
     assert "<script" in page and "http://" not in page and "https://" not in page  # self-contained
-    for explanation in result["explanations"]:
-        assert explanation.user_id in page
-        flow = explanation.importance("flow")
-        assert flow.shape == (len(explanation.tokens),) and abs(flow.sum() - 1) < 1e-9
-    dump = json.load(open(next(path for path in result["files"] if path.endswith("_flow.json"))))
+    explanation = result["explanations"][0]
+    assert explanation.user_id in page
+    dump = json.load(open(out / "datas" / f"{explanation.user_id.replace(':', '_')}_attention_flow.json"))
     assert dump["tokens"][0] == "[CLS]" and set(dump["data"]) == {"L1_to_L0", "L2_to_L1"}
-    assert dump["rows"] == [0] and abs(sum(dump["data"]["L2_to_L1"][0]) - 1) < 1e-3
+    assert dump["rows"] == [0]
+    np.testing.assert_allclose(dump["data"]["L2_to_L1"][0], explanation.layers["flow"][1][0], atol=1e-5)
+    raw = json.load(open(out / "datas" / f"{explanation.user_id.replace(':', '_')}_raw_attention.json"))
+    # The original's raw attention keeps half of each row on the token itself (mean + I, renormalised).
+    assert all(raw["data"]["L1_to_L0"][i][i] >= 0.5 - 1e-5 for i in range(len(raw["tokens"])))
 
 
 def test_cli_reports_a_wrong_config_key_in_one_line(tmp_path):
