@@ -12,9 +12,12 @@ not_viewed_v2.txt.
 
 from __future__ import annotations
 
-from absl import flags, logging
+if __package__ in (None, ""):  # run as a file, `python ovt_explain/classify_training_data.py`
+    import _run_as_file  # noqa: F401
 
-from common import cli
+from absl import flags, logging  # noqa: E402
+
+from common import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 

@@ -8,9 +8,12 @@ ascending and space-separated, users in order of first appearance.
 
 from __future__ import annotations
 
-from absl import flags, logging
+if __package__ in (None, ""):  # run as a file, `python ovt_explain/convert_to_sentence.py`
+    import _run_as_file  # noqa: F401
 
-from common import cli
+from absl import flags, logging  # noqa: E402
+
+from common import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 

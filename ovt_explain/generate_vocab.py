@@ -9,9 +9,12 @@ date (the 4th column) lies in [start_date, end_date), ascending.
 
 from __future__ import annotations
 
-from absl import flags, logging
+if __package__ in (None, ""):  # run as a file, `python ovt_explain/generate_vocab.py`
+    import _run_as_file  # noqa: F401
 
-from common import cli
+from absl import flags, logging  # noqa: E402
+
+from common import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 

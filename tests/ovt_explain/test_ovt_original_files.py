@@ -190,3 +190,31 @@ def test_padding_with_pad_id_3_gives_the_unpadded_logits():
     # Keep-first truncation: a short length keeps the first ids.
     assert encode_histories([history], vocab, 4)["input_ids"][0].tolist() == [1, 7, 12, 2]
     assert encode_histories([history], vocab, 4, "recent")["input_ids"][0].tolist() == [1, 25, 6, 2]
+
+
+def test_the_default_config_builds_the_published_model(tmp_path):
+    """configs/pretraining_config.json with the paper's 4,345-token vocabulary: hidden 256, 8 layers,
+    8 heads, feed-forward 3,072, 512 positions (the published config.json), parameters counted by hand."""
+    import json
+    import os
+
+    from common.config import BertConfig
+    from common.encoder import BertEncoder
+    from ovt_explain.bert_pretraining import PRETRAINING_KEYS
+    from ovt_explain.run_config import load_config
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "ovt_explain", "configs", "pretraining_config.json")
+    config = load_config(path, PRETRAINING_KEYS)
+    hidden, layers, ffn, positions = (config["hidden_size"], config["num_hidden_layers"], config["intermediate_size"],
+                                      config["max_position_embeddings"] or config["max_seq_length"])
+    assert (hidden, layers, config["num_attention_heads"], ffn, positions) == (256, 8, 8, 3072, 512)
+    vocab = 4345
+    encoder = BertEncoder(BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                                     num_attention_heads=config["num_attention_heads"], intermediate_size=ffn,
+                                     max_position_embeddings=positions))
+    encoder({"input_ids": np.zeros((1, 4), np.int32), "input_mask": np.ones((1, 4), np.int32),
+             "segment_ids": np.zeros((1, 4), np.int32)})
+    embeddings = (vocab + positions + 2) * hidden + 2 * hidden
+    block = 4 * (hidden * hidden + hidden) + (hidden * ffn + ffn) + (ffn * hidden + hidden) + 2 * 2 * hidden
+    assert encoder.count_params() == embeddings + layers * block + hidden * hidden + hidden == 16_033_280
+    assert json.load(open(path))["intermediate_size"] == 3072
