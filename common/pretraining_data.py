@@ -206,9 +206,12 @@ class _TokenStoreWriter:
 
 
 def _tokenize_documents(documents: Sequence[Sequence[str]], vocab: _Vocabulary,
-                        tokenize: Callable[[str], list[str]] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Documents -> (ids [t] int32, sentence lengths [s], sentences per non-empty document [d])."""
+                        tokenize: Callable[[str], list[str]] | None,
+                        counts: collections.Counter | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Documents -> (ids [t] int32, sentence lengths [s], sentences per non-empty document [d]); `counts` gets
+    "empty_sentences" (no token: dropped) and "unk_sentences" (kept, with an [UNK])."""
     ids = array.array("i")  # 4 bytes an id, not a Python int's 28
+    empty = with_unknown = 0
     sentence_lengths: list[int] = []
     document_sentences: list[int] = []
     lookup = vocab.lookup
@@ -217,11 +220,18 @@ def _tokenize_documents(documents: Sequence[Sequence[str]], vocab: _Vocabulary,
         for sentence in document:
             tokens = tokenize(sentence) if tokenize is not None else sentence.split()
             if tokens:  # Google drops sentences without tokens, then documents without sentences
+                start = len(ids)
                 ids.extend(map(lookup, tokens))
                 sentence_lengths.append(len(tokens))
                 count += 1
+                if counts is not None and vocab.unk_id in ids[start:]:
+                    with_unknown += 1
+            else:
+                empty += 1
         if count:
             document_sentences.append(count)
+    if counts is not None:
+        counts.update(empty_sentences=empty, unk_sentences=with_unknown)
     return (np.frombuffer(ids, dtype=np.int32).copy(), np.array(sentence_lengths, dtype=np.int64),
             np.array(document_sentences, dtype=np.int64))
 
@@ -661,9 +671,11 @@ def _init_worker(vocab_words, tokenize, settings: InstanceSettings, num_shards: 
                          store_folder=store_folder, store=None)
 
 
-def _tokenize_task(documents: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """First pass (runs in a worker): a block of documents -> its token ids and sentence/document lengths."""
-    return _tokenize_documents(documents, _worker_state["vocab"], _worker_state["tokenize"])
+def _tokenize_task(documents: list[list[str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, collections.Counter]:
+    """First pass (runs in a worker): a block of documents -> its token ids, sentence/document lengths, counts."""
+    counts = collections.Counter()
+    arrays = _tokenize_documents(documents, _worker_state["vocab"], _worker_state["tokenize"], counts)
+    return (*arrays, counts)
 
 
 def _write_task(task) -> dict:
@@ -786,7 +798,8 @@ def write_pretraining_data(documents, output_prefix, vocab_file: str, *, tokeniz
     tokenizer's bound method) when workers are used. `instance_kwargs` are
     `create_training_instances`'s. Returns the statistics: documents, instances, masked_tokens, masked_unk_share
     (share of masked tokens that are [UNK]), random_next_share, mean_tokens (per instance, [CLS]/[SEP] included),
-    store_tokens, files.
+    sentences (kept), empty_sentences (dropped: no token), unk_sentences (kept, holding an [UNK]), store_tokens,
+    files.
     """
     settings = _settings(**instance_kwargs)
     vocab_words = [token for token, _ in sorted(load_vocab(vocab_file).items(), key=lambda item: item[1])]
@@ -817,8 +830,9 @@ def write_pretraining_data(documents, output_prefix, vocab_file: str, *, tokeniz
         store_writer = _TokenStoreWriter(work)
         with _progress_bar(progress, total, desc="tokenizing") as bar:
             try:
-                for ids, sentence_lengths, document_sentences in pool.map(_tokenize_task, blocks):
+                for ids, sentence_lengths, document_sentences, counts in pool.map(_tokenize_task, blocks):
                     store_writer.append(ids, sentence_lengths, document_sentences)
+                    totals.update(counts)
                     if bar is not None:
                         bar.update(settings.documents_per_block)
             finally:
@@ -862,7 +876,8 @@ def write_pretraining_data(documents, output_prefix, vocab_file: str, *, tokeniz
              "masked_unk_share": totals["masked_unk"] / masked if masked else 0.0,
              "random_next_share": totals["random_next"] / totals["instances"] if totals["instances"] else 0.0,
              "mean_tokens": totals["tokens"] / totals["instances"] if totals["instances"] else 0.0,
-             "store_tokens": len(store.tokens), "files": paths}
+             "sentences": len(store.offsets) - 1, "empty_sentences": totals["empty_sentences"],
+             "unk_sentences": totals["unk_sentences"], "store_tokens": len(store.tokens), "files": paths}
     logging.info("pre-training data: %d documents -> %d instances in %d files, %d masked tokens ([UNK] %.2f%%)",
                  stats["documents"], stats["instances"], num_shards, masked, 100 * stats["masked_unk_share"])
     return stats

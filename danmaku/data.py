@@ -86,19 +86,31 @@ def create_pretraining_data(input_files, output_file: str, vocab_file: str | Non
             tokenizer = BertTokenizer.from_vocab_file(vocab_file, lowercase=do_lower_case)
         except VocabError as error:
             raise UserError(str(error)) from None
-        corpus = DanmakuCorpus(input_files, input_format, tokenize=tokenizer.tokenize,
+        # Without --drop_oov_comments the corpus needs no tokenizer: the workers tokenize each comment once
+        # (dropping comments without tokens, as Google) and count the empty ones and those with [UNK].
+        corpus = DanmakuCorpus(input_files, input_format, tokenize=tokenizer.tokenize if drop_oov_comments else None,
                                drop_oov_comments=drop_oov_comments)
         documents_found = sum(1 for _ in itertools.islice(iter(corpus), 2))  # stops after two
         if documents_found < 2:
             # Random-next segments come from another document (one video: a blank-line block or a CSV file).
             raise UserError(f"{', '.join(corpus.files)}: {documents_found} document(s) with comments; "
                             "next-sentence instances need at least 2")
-        write_stats = write_pretraining_data(corpus, output_files, vocab_file, tokenize=tokenizer.tokenize,
-                                             num_workers=num_workers, progress=progress, **instance_kwargs)
+        try:
+            write_stats = write_pretraining_data(corpus, output_files, vocab_file, tokenize=tokenizer.tokenize,
+                                                 num_workers=num_workers, progress=progress, **instance_kwargs)
+        except ValueError as error:
+            if "non-empty documents" not in str(error):
+                raise
+            raise UserError(f"{', '.join(corpus.files)}: {error}") from None
     except BaseException:
         if built_vocab:
             io_utils.remove(built_vocab, missing_ok=True)
         raise
-    # The corpus was iterated in this process, so its counts describe the pass that was written.
-    logging.info("corpus: %s", corpus.stats.as_dict())
-    return {**corpus.stats.as_dict(), **write_stats, "vocab_file": vocab_file}
+    # The corpus was iterated in this process, so its counts describe the pass that was written; the workers
+    # counted what only tokenizing tells.
+    stats = corpus.stats.as_dict()
+    if not drop_oov_comments:
+        stats.update(comments=write_stats["sentences"], oov_comments_kept=write_stats["unk_sentences"],
+                     empty_lines_skipped=write_stats["empty_sentences"])
+    logging.info("corpus: %s", stats)
+    return {**stats, **write_stats, "vocab_file": vocab_file}

@@ -3,6 +3,7 @@ target lengths and truncation against Google's rules on 40 documents."""
 
 import collections
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -126,13 +127,15 @@ def test_drop_oov_comments_reports_counts_and_bad_input_is_one_error_line(tmp_pa
     (vocab_dir / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"草好耶啊哈"]) + "\n",
                                          encoding="utf-8")
     corpus = tmp_path / "c.txt"
-    corpus.write_text("草\n好耶😂\n哈哈\n\n啊\n🐱\n耶耶\n\n哈\n草草\n", encoding="utf-8")
+    corpus.write_text("草\n好耶😂\n哈哈\n\u200b\n\n啊\n🐱\n耶耶\n\n哈\n草草\n", encoding="utf-8")  # \u200b: no token
     common = [f"--input_file={corpus}", f"--vocab_file={vocab_dir / 'vocab.txt'}", "--max_seq_length=16",
               "--max_predictions_per_seq=3"]
     dropped = run_cli(*common, f"--output_file={tmp_path / 'out' / 'dropped.tfrecord'}", "--drop_oov_comments")
     assert "documents 3, comments 6, dropped 2 out-of-vocabulary comments" in dropped.stdout
     kept = run_cli(*common, f"--output_file={tmp_path / 'out' / 'kept.tfrecord'}")
     assert "comments 8, kept 2 comments with [UNK]" in kept.stdout
+    for result in (dropped, kept):  # counted by the corpus reader (dropping) or by the tokenizing workers (keeping)
+        assert json.loads(result.stdout.strip().splitlines()[-1])["empty_lines_skipped"] == 1
 
     corpus.write_text("only one video\nno blank line\n", encoding="utf-8")
     failed = run_cli(*common, f"--output_file={tmp_path / 'out2' / 'x.tfrecord'}", check=False)
