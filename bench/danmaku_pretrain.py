@@ -123,6 +123,8 @@ def main() -> None:
         "after_on_training_data": {key: round(rows["train"][key], 4) for key in keys},
         "data_seconds": round(data_seconds, 1), "train_and_eval_seconds": round(seconds, 1),
         "steps_per_second": round(result["steps_per_second"] or 0.0, 2),
+        "eval_batches": settings.max_eval_steps, "load_average_1min": round(os.getloadavg()[0], 2),
+        "cpu_count": os.cpu_count(),
     }, ensure_ascii=False))
 
 
