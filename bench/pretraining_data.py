@@ -4,7 +4,7 @@ path) on synthetic danmaku of growing size, beside Google BERT's create_pretrain
 The corpus imitates bullet comments: videos of 50-3,000 comments of 1-30 characters, characters Zipf-distributed over
 ~3,500 CJK characters plus "233", "awsl" and emoji (out of vocabulary), written as blank-line separated documents
 over several text files. Every size runs in a fresh process, so its peak resident memory (this process; the largest
-worker) is its own; `num_shards` grows with the size so that one shard (shuffled in memory at the end) stays the same
+worker) is its own, and its process tree's anonymous memory is sampled from outside (`peak_anonymous_mb_*`); `num_shards` grows with the size so that one shard (shuffled in memory at the end) stays the same
 size. Google's script comes from the PyPI wheel `bert-tensorflow==1.0.4`, downloaded with pip into a temporary folder
 (never installed) and run on the same sample as ours with the same settings and the same tokenization; if pip
 cannot get it the JSON says so. Prints one JSON line.
@@ -153,10 +153,38 @@ def run_google_here(google_dir: str, input_glob: str, vocab_path: str, output_di
 
 
 def _in_fresh_process(arguments: list[str]) -> dict:
-    result = subprocess.run([sys.executable, os.path.abspath(__file__), *arguments], capture_output=True, text=True)
-    if result.returncode != 0:
-        return {"failed": result.stderr.strip().splitlines()[-1:] or ["no output"]}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    """Runs one measurement in a child process and samples its process tree's memory every 0.2 s from here (a
+    thread in the child would stop it from forking its workers): peak anonymous memory (RSS minus file-backed
+    and shared pages: the memory-mapped token store's pages are file-backed and reclaimable) of the main process,
+    of the largest worker, and of all together."""
+    import psutil
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen([sys.executable, os.path.abspath(__file__), *arguments], stdout=out, stderr=err,
+                                 text=True)
+        process = psutil.Process(child.pid)
+        peaks = {"main": 0, "worker": 0, "total": 0}
+        while child.poll() is None:
+            try:
+                anonymous = {}
+                for member in [process, *process.children(recursive=True)]:
+                    info = member.memory_info()
+                    anonymous[member.pid] = info.rss - info.shared
+            except psutil.Error:
+                pass  # a process ended between listing and reading
+            else:
+                peaks["total"] = max(peaks["total"], sum(anonymous.values()))
+                peaks["main"] = max(peaks["main"], anonymous.pop(child.pid, 0))
+                peaks["worker"] = max([peaks["worker"], *anonymous.values()])
+            time.sleep(0.2)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if child.returncode != 0:
+        return {"failed": stderr.strip().splitlines()[-1:] or ["no output"]}
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result.update({f"peak_anonymous_mb_{name}": round(value / 2**20, 1) for name, value in peaks.items()})
+    return result
 
 
 def main(argv=None) -> dict:
