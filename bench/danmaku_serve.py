@@ -88,7 +88,7 @@ def main() -> None:
     from common.embeddings import SentenceEncoder
     from common.encoder import BertEncoder
     from common.tokenization import SPECIAL_TOKENS, write_vocab
-    from danmaku.models import load_model
+    from common import model_source
 
     rng = random.Random(0)
     keras.utils.set_random_seed(0)
@@ -104,7 +104,7 @@ def main() -> None:
         config.to_json_file(os.path.join(folder, "bert_config.json"))
         save_google_checkpoint(BertEncoder(config), os.path.join(folder, "bert_model.ckpt"))
 
-        loaded = load_model(folder)
+        loaded = model_source.load(folder)
         direct_encoder = SentenceEncoder(loaded.encoder, loaded.tokenizer, pooling="REDUCE_MEAN", layers=(-2,),
                                          max_seq_length=25, batch_size=args.max_batch_size)
         all_batches = [batch for batches in batches_per_client for batch in batches]

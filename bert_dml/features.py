@@ -13,23 +13,13 @@ import tensorflow as tf
 
 from bert_dml import data as dml_data
 from bert_dml.feature_files import read_features, write_features  # noqa: F401  (re-exported)
-from bert_dml.model import BertDML, batched_outputs, feature_function
-from bert_dml.setup_model import load_encoder, read_saved_model
+from bert_dml.model import batched_outputs, feature_function, load_encoder
 from common.cli import UserError
-from common.encoder import BertEncoder
 
 __all__ = ["KINDS", "extract_features", "load_feature_model", "read_features", "write_features"]
 
 KINDS = ("dml", "classified", "embed")
 POOLED = "POOLED"  # the encoder's [CLS] -> dense -> tanh output
-
-
-def _restore(model, path: str) -> None:
-    from common.checkpoints import CheckpointMismatchError, restore_checkpoint
-    try:
-        restore_checkpoint(tf.train.Checkpoint(model=model), path)
-    except CheckpointMismatchError as error:
-        raise UserError(str(error)) from None
 
 
 def load_feature_model(kind: str, model: str | None = None, preset: str | None = None,
@@ -47,18 +37,20 @@ def load_feature_model(kind: str, model: str | None = None, preset: str | None =
         encoder, tokenizer, max_length = setup.encoder, setup.tokenizer(), None
     else:
         if not model:
-            raise UserError(f"--kind={kind} needs --model: the folder train_{'dml' if kind == 'dml' else 'cls'} wrote")
-        saved = read_saved_model(model)
-        if saved.run_config.get("kind") != kind:
-            raise UserError(f"--model {model} was trained as {saved.run_config.get('kind')!r}, not {kind!r}")
-        encoder = BertEncoder(saved.config)
-        tokenizer, max_length = saved.tokenizer(), saved.run_config.get("max_seq_length")
-        if kind == "dml":
-            network = BertDML(encoder, output_dim=int(saved.run_config.get("output_dim", 512)))
-            _restore(network, saved.checkpoint_path)
-            return feature_function(lambda features: network(features, training=False)), tokenizer, max_length
-        from common.heads import BertClassifier
-        _restore(BertClassifier(encoder, max(len(saved.labels), 1)), saved.checkpoint_path)
+            raise UserError(f"--kind={kind} needs --model: the folder train_{'dml' if kind == 'dml' else 'cls'} wrote "
+                            f"(or the original's Chainer final.model with --bert_config_file and --vocab_file)")
+        from common import model_source
+        loaded = model_source.load(model, bert_config_file=bert_config_file, vocab_file=vocab_file,
+                                   heads=("output",) if kind == "dml" else (),
+                                   lowercase=None if tf.io.gfile.isdir(model) else lowercase)
+        run_config = loaded.run_config or {}
+        if loaded.run_config is not None and run_config.get("kind") != kind:
+            raise UserError(f"--model {model} was trained as {run_config.get('kind')!r}, not {kind!r}")
+        encoder, tokenizer, max_length = loaded.encoder, loaded.tokenizer, run_config.get("max_seq_length")
+        if kind == "dml":  # pooled output -> dense 512 (the dropout is off at inference)
+            head = loaded.heads["output"]
+            return feature_function(lambda features: tf.cast(head(encoder(features, training=False)["pooled_output"]),
+                                                             tf.float32)), tokenizer, max_length
     if pooling.upper() == POOLED:
         output = lambda features: tf.cast(encoder(features, training=False)["pooled_output"], tf.float32)  # noqa: E731
     else:

@@ -6,7 +6,9 @@ dense 512 (weights N(0, 0.02)); the 512 numbers are the item's metric-space feat
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+import os
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
@@ -15,7 +17,10 @@ from keras import ops
 
 from bert_dml.data import trim_to_longest
 from bert_dml.triplets import MARGIN, mined_triplet_losses
+from common.cli import UserError
+from common.config import BertConfig
 from common.encoder import BertEncoder
+from common.tokenization import BertTokenizer
 
 OUTPUT_DIM = 512
 FEATURE_KEYS = ("input_ids", "input_mask", "segment_ids")
@@ -104,3 +109,66 @@ def feature_function(output: Callable) -> Callable:
     # Plain model calls: nothing for AutoGraph to convert (it cannot parse lambdas sharing a line).
     return tf.function(tf.autograph.experimental.do_not_convert(output), input_signature=[spec],
                        reduce_retracing=True)
+
+
+# ---- where the encoder comes from ---------------------------------------------------------------
+
+@dataclasses.dataclass
+class EncoderSetup:
+    config: BertConfig
+    encoder: BertEncoder
+    _tokenizer: BertTokenizer
+    source: str  # what was loaded, for the log
+
+    def tokenizer(self) -> BertTokenizer:
+        return self._tokenizer
+
+    @property
+    def vocab(self) -> list[str]:
+        return [self._tokenizer.inverse_vocab[index] for index in range(self._tokenizer.vocab_size)]
+
+
+def load_encoder(preset: str | None = None, init_checkpoint: str | None = None,
+                 bert_config_file: str | None = None, vocab_file: str | None = None,
+                 train_texts: Sequence[str] | None = None, vocab_size: int = 8000,
+                 lowercase: bool = True) -> EncoderSetup:
+    """The encoder (call under `strategy.scope()`) and tokenizer from the flags: `--preset` (any folder
+    `common.model_source` reads), `--init_checkpoint` (+ `--bert_config_file`, `--vocab_file`, as the
+    original), or from scratch (`--bert_config_file`; vocabulary `--vocab_file` or learnt from the text)."""
+    from common import model_source
+
+    if preset and init_checkpoint:
+        raise UserError("give --preset or --init_checkpoint, not both")
+    if preset or init_checkpoint:
+        loaded = model_source.load(preset or init_checkpoint, bert_config_file=bert_config_file,
+                                   vocab_file=vocab_file, lowercase=None if preset else lowercase)
+        return EncoderSetup(loaded.config, loaded.encoder, loaded.tokenizer, f"{preset or init_checkpoint} "
+                                                                             f"({loaded.weights})")
+    if not bert_config_file:
+        raise UserError("give --bert_config_file (the model's size), or --preset for a pre-trained folder")
+    if not os.path.isfile(bert_config_file):
+        raise UserError(f"--bert_config_file {bert_config_file}: no such file")
+    config = BertConfig.from_json_file(bert_config_file)
+    if vocab_file:
+        vocab, source = vocab_file, f"from scratch, vocabulary {vocab_file}"
+    elif train_texts:
+        from bert_dml.data import build_vocabulary
+        vocab = build_vocabulary(train_texts, vocab_size=vocab_size, lowercase=lowercase)
+        source = f"from scratch, {len(vocab)}-token vocabulary learnt from the training text"
+        config = config.replace(vocab_size=len(vocab))
+    else:
+        raise UserError("a model trained from scratch needs --vocab_file or training text")
+    tokenizer = (BertTokenizer.from_vocab_file(vocab, lowercase=lowercase) if isinstance(vocab, str)
+                 else BertTokenizer(vocab, lowercase=lowercase))
+    if tokenizer.vocab_size > config.vocab_size:
+        raise UserError(f"the vocabulary has {tokenizer.vocab_size} tokens but {bert_config_file} says "
+                        f"vocab_size={config.vocab_size}")
+    return EncoderSetup(config, BertEncoder(config), tokenizer, source)
+
+
+def save_model_folder(model_dir: str, setup: EncoderSetup, labels: Sequence[str], run_config: dict) -> None:
+    """bert_config.json, vocab.txt, labels.json, run_config.json beside the checkpoints."""
+    from common.checkpoints import write_model_folder
+
+    write_model_folder(model_dir, setup.config, vocab_file=setup.vocab, labels=list(labels),
+                       run_config={**run_config, "lowercase": setup.tokenizer().lowercase})

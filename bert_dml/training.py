@@ -17,7 +17,7 @@ from bert_dml import data as dml_data
 from bert_dml.epochs import EpochLinearDecay, EpochSettings, latest_step, run_epochs, steps_per_epoch
 from bert_dml.model import (BertDML, FEATURE_KEYS, batched_outputs, feature_function, make_triplet_loss_fn,
                             triplet_batches, triplet_signature)
-from bert_dml.setup_model import load_encoder, save_model_folder
+from bert_dml.model import load_encoder, save_model_folder
 from bert_dml.triplets import MARGIN, TRIPLETS_PER_EPOCH, epoch_seed, retrieval_metrics, sample_triplets
 from common.cli import UserError
 from common.distribute import get_strategy

@@ -20,10 +20,12 @@ from common.config import BertConfig
 LAYER_NORM_EPSILON = 1e-12
 
 
+@keras.saving.register_keras_serializable(package="bertsuite")
 def gelu_exact(x):
     return keras.activations.gelu(x, approximate=False)
 
 
+@keras.saving.register_keras_serializable(package="bertsuite")
 def gelu_tanh(x):
     return keras.activations.gelu(x, approximate=True)
 
@@ -77,11 +79,14 @@ def set_attention_dropout(transformer_layer, rate: float) -> None:
     attention._dropout_layer.rate = rate
 
 
+@keras.saving.register_keras_serializable(package="bertsuite")
 class BertEncoder(keras.Model):
     """BERT encoder: `input_ids`, `segment_ids`, `input_mask` (ints) -> dict of outputs.
 
     `hidden_states[0]` is the embedding output and `hidden_states[i]` the output of block i, as in
-    Hugging Face, so `hidden_states[-1] is sequence_output`.
+    Hugging Face, so `hidden_states[-1] is sequence_output`. Serialises the Keras way (`get_config` /
+    `from_config`, `model.save("x.keras")`); a custom `transformer_layer_factory` must be a registered
+    Keras serializable function for that.
     """
 
     def __init__(
@@ -97,6 +102,7 @@ class BertEncoder(keras.Model):
         self.config = config
         self.use_segment_embeddings = use_segment_embeddings and config.type_vocab_size > 0
         self.use_pooler = use_pooler
+        self.transformer_layer_factory = transformer_layer_factory
         factory = transformer_layer_factory or make_transformer_layer
 
         self.token_embedding = keras_hub.layers.ReversibleEmbedding(
@@ -122,6 +128,19 @@ class BertEncoder(keras.Model):
                                kernel_initializer=truncated_normal(config), name="pooler_dense")
             if use_pooler else None)
         self.build()
+
+    def get_config(self) -> dict:
+        factory = self.transformer_layer_factory
+        return {"name": self.name, "trainable": self.trainable, "config": self.config.to_dict(),
+                "use_segment_embeddings": self.use_segment_embeddings, "use_pooler": self.use_pooler,
+                "transformer_layer_factory": None if factory is None else keras.saving.serialize_keras_object(factory)}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "BertEncoder":
+        config = dict(config)
+        factory = config.pop("transformer_layer_factory", None)
+        return cls(BertConfig.from_dict(config.pop("config")), **config,
+                   transformer_layer_factory=None if factory is None else keras.saving.deserialize_keras_object(factory))
 
     def build(self, input_shape=None):
         hidden = self.config.hidden_size

@@ -42,13 +42,18 @@ def next_sentence_head(config: BertConfig, name: str = "next_sentence_head") -> 
     return head
 
 
+def _serialize(model, **config) -> dict:
+    return {"name": model.name, "trainable": model.trainable, **config}
+
+
+@keras.saving.register_keras_serializable(package="bertsuite")
 class ClassificationHead(keras.layers.Layer):
     """dropout -> dense over the pooled output, as in BERT's `run_classifier.py`."""
 
     def __init__(self, config: BertConfig, num_labels: int, dropout: float | None = None, **kwargs):
         kwargs.setdefault("name", "classification_head")
         super().__init__(**kwargs)
-        self.num_labels = num_labels
+        self.bert_config, self.num_labels, self.rate = config, num_labels, dropout
         self.dropout = keras.layers.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
         self.dense = keras.layers.Dense(num_labels, kernel_initializer=truncated_normal(config),
                                         name="output")
@@ -60,6 +65,13 @@ class ClassificationHead(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.num_labels,)
+
+    def get_config(self) -> dict:
+        return _serialize(self, config=self.bert_config.to_dict(), num_labels=self.num_labels, dropout=self.rate)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ClassificationHead":
+        return cls(BertConfig.from_dict(config.pop("config")), **config)
 
     def call(self, pooled_output, training=None):
         return self.dense(self.dropout(pooled_output, training=training))
@@ -79,6 +91,7 @@ def next_sentence_loss(logits, next_sentence_labels):
     return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
 
 
+@keras.saving.register_keras_serializable(package="bertsuite")
 class BertPretrainer(keras.Model):
     """Encoder + MLM head + NSP head: the model of BERT pre-training (used by danmaku and ovt_explain).
 
@@ -95,6 +108,14 @@ class BertPretrainer(keras.Model):
         self.next_sentence = next_sentence_head(encoder.config) if use_next_sentence else None
         # Every sub-layer is built above, so weights exist at once (summary, count_params, checkpoints).
         self.built = True
+
+    def get_config(self) -> dict:
+        return _serialize(self, encoder=keras.saving.serialize_keras_object(self.encoder),
+                          use_next_sentence=self.next_sentence is not None)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "BertPretrainer":
+        return cls(keras.saving.deserialize_keras_object(config.pop("encoder")), **config)
 
     def call(self, features, training=None, return_attention=False):
         outputs = self.encoder(features, training=training, return_attention=return_attention)
@@ -115,6 +136,7 @@ class BertPretrainer(keras.Model):
         return loss
 
 
+@keras.saving.register_keras_serializable(package="bertsuite")
 class BertClassifier(keras.Model):
     """Encoder + classification head over the pooled output.
 
@@ -133,6 +155,14 @@ class BertClassifier(keras.Model):
         self.classifier = ClassificationHead(encoder.config, num_labels, dropout)
         # Every sub-layer is built above, so weights exist at once (summary, count_params, checkpoints).
         self.built = True
+
+    def get_config(self) -> dict:
+        return _serialize(self, encoder=keras.saving.serialize_keras_object(self.encoder), num_labels=self.num_labels,
+                          dropout=self.classifier.rate)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "BertClassifier":
+        return cls(keras.saving.deserialize_keras_object(config.pop("encoder")), **config)
 
     def call(self, features, training=None, return_attention=False):
         outputs = self.encoder(features, training=training, return_attention=return_attention)

@@ -380,11 +380,12 @@ def build_server(model_dir: str, tuned_model_dir: str | None = None, ckpt_name: 
                  lowercase: bool | None = None, **server_kwargs):
     """Loads the model and returns an `EmbeddingServer` (not yet serving)."""
     from common.embeddings import SentenceEncoder, check_strategy
-    from danmaku.models import load_model
+    from common import model_source
 
     if max_batch_size < 1 or num_worker < 1:
         raise UserError(f"-max_batch_size ({max_batch_size}) and -num_worker ({num_worker}) must be at least 1")
-    loaded = load_model(model_dir, tuned_model_dir, ckpt_name, config_name, lowercase=lowercase)
+    loaded = model_source.load(model_dir, weights=tuned_model_dir, ckpt_name=ckpt_name, config_name=config_name,
+                               lowercase=lowercase)
     length = parse_max_seq_len(str(max_seq_len), loaded.config.max_position_embeddings)
     try:
         layers = tuple(int(layer) for layer in pooling_layer)

@@ -47,9 +47,9 @@ def local_encode_fn(model_dir: str, tuned_model_dir: str | None = None, ckpt_nam
                     pooling_strategy: str = "REDUCE_MEAN", pooling_layer: Sequence[int] = (-1,),
                     max_seq_len: int = 25) -> Callable[[list[str]], np.ndarray]:
     from common.embeddings import SentenceEncoder
-    from danmaku.models import load_model
+    from common import model_source
 
-    loaded = load_model(model_dir, tuned_model_dir, ckpt_name)
+    loaded = model_source.load(model_dir, weights=tuned_model_dir, ckpt_name=ckpt_name)
     try:
         encoder = SentenceEncoder(loaded.encoder, loaded.tokenizer, pooling=pooling_strategy,
                                   layers=tuple(int(layer) for layer in pooling_layer),

@@ -81,9 +81,10 @@ def test_dml_features_separate_the_topics_much_better_than_before_training(train
 
     from bert_dml import data as dml_data
     from bert_dml.model import BertDML, batched_outputs, feature_function
-    from bert_dml.setup_model import read_saved_model
+    from common.checkpoints import read_model_folder
     from common.encoder import BertEncoder
     from common.metrics import knn_accuracy
+    from common.tokenization import BertTokenizer
 
     result = run_script("extruct_bert_metrics.py", f"--input={trained['eval']}", f"--model={trained['out']}",
                         f"--label={trained['out']}/labels.json", "--batchsize=16", "--gpu=-1")
@@ -97,11 +98,12 @@ def test_dml_features_separate_the_topics_much_better_than_before_training(train
     assert labels == [line.split("\t")[0] for line in open(trained["eval"], encoding="utf-8")]
     after = knn_accuracy(np.array([[float(v) for v in row[1:]] for row in rows]), labels, k=10)
 
-    saved = read_saved_model(trained["out"])
+    saved = read_model_folder(trained["out"])
     keras.utils.set_random_seed(5)
     untrained = BertDML(BertEncoder(saved.config))
     texts = dml_data.read_labeled_texts(trained["eval"])
-    features = dml_data.encode_texts(saved.tokenizer(), texts.texts, 20)
+    tokenizer = BertTokenizer.from_vocab_file(saved.vocab_path, lowercase=saved.run_config["lowercase"])
+    features = dml_data.encode_texts(tokenizer, texts.texts, 20)
     before = knn_accuracy(batched_outputs(feature_function(lambda f: untrained(f, training=False)), features, 16),
                           labels, k=10)
     assert after >= 0.9 and after >= before + 0.2, (before, after)

@@ -95,3 +95,27 @@ def test_pretrainer_adds_attention_to_its_outputs():
 def test_classifier_needs_a_pooler():
     with pytest.raises(ValueError, match="pooler"):
         BertClassifier(BertEncoder(_config(), use_pooler=False), num_labels=2)
+
+
+def test_encoder_and_models_round_trip_through_keras_saving(tmp_path):
+    """`model.save("x.keras")` / `keras.saving.load_model`: same class, config and outputs (get_config /
+    from_config, as keras-hub's models do); the loaded MLM head is still tied to the loaded embeddings."""
+    import keras
+
+    features = _features(1)
+    models = [BertEncoder(_config(hidden_act="gelu_new"), use_segment_embeddings=False),
+              BertPretrainer(BertEncoder(_config())), BertClassifier(BertEncoder(_config()), 3, dropout=0.2)]
+    for model in models:
+        path = str(tmp_path / f"{model.name}.keras")
+        model.save(path)
+        loaded = keras.saving.load_model(path)
+        assert type(loaded) is type(model) and loaded.get_config() == model.get_config()
+        expected, outputs = model(features, training=False), loaded(features, training=False)
+        if isinstance(model, BertEncoder):
+            expected, outputs = expected["sequence_output"], outputs["sequence_output"]
+        for key, value in (expected.items() if isinstance(expected, dict) else [("logits", expected)]):
+            np.testing.assert_array_equal(np.asarray(outputs[key] if isinstance(outputs, dict) else outputs),
+                                          np.asarray(value), err_msg=f"{model.name}: {key}")
+    assert loaded.encoder.get_config()["config"]["vocab_size"] == 40
+    pretrainer = keras.saving.load_model(str(tmp_path / "bert_pretrainer.keras"))
+    assert pretrainer.masked_lm.token_embedding is pretrainer.encoder.token_embedding

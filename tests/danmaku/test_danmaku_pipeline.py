@@ -21,7 +21,7 @@ from common.config import BertConfig
 from common.embeddings import SentenceEncoder
 from danmaku.client import BertClient
 from danmaku.data import create_pretraining_data
-from danmaku.models import load_model
+from common.model_source import load as load_model
 from common.pretraining_data import pretraining_feature_spec
 from danmaku.pretraining import (PretrainingSettings, _restore_model_only, build_pretrainer, check_tpu_cores,
                                   format_table, read_eval_results, run_pretraining, tpu_address,
@@ -134,13 +134,13 @@ def test_pretraining_writes_the_four_numbers_in_googles_format(trained):
 def test_serve_cli_loads_the_tuned_checkpoint_with_bert_as_service_flags(trained, tiny_model_dir):
     settings, _ = trained
     texts = ["前方高能", "awsl", "泪目泪目"]
-    tuned = load_model(tiny_model_dir, settings.output_dir, f"model.ckpt-{STEPS}")
+    tuned = load_model(tiny_model_dir, weights=settings.output_dir, ckpt_name=f"model.ckpt-{STEPS}")
     expected = SentenceEncoder(tuned.encoder, tuned.tokenizer, layers=(-1,), max_seq_length=16).encode(texts)
     untuned = load_model(tiny_model_dir)
     before = SentenceEncoder(untuned.encoder, untuned.tokenizer, layers=(-1,), max_seq_length=16).encode(texts)
     assert np.abs(expected - before).max() > 1e-3  # the tuned weights really differ
     # Our resumable checkpoints load as tuned models too; the last one holds the same weights.
-    last = load_model(tiny_model_dir, settings.output_dir, f"ckpt-{STEPS}")
+    last = load_model(tiny_model_dir, weights=settings.output_dir, ckpt_name=f"ckpt-{STEPS}")
     assert "model checkpoint" in last.weights
     np.testing.assert_array_equal(last.encoder.pooler_dense.kernel.numpy(), tuned.encoder.pooler_dense.kernel.numpy())
 

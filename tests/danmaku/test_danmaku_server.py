@@ -12,7 +12,7 @@ import pytest
 from common.cli import UserError
 from common.embeddings import SentenceEncoder
 from danmaku.client import BertClient, BertClientError
-from danmaku.models import load_model
+from common.model_source import load as load_model
 from danmaku.server import BatchingQueue, EmbeddingServer, build_server, normalize_argv
 
 TEXTS = ["前方高能", "awsl", "哈哈哈哈哈哈哈哈", "草", "泪目", "这就是青春啊", "下次一定", "来了来了", "打卡", "名场面"]

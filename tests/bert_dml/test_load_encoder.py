@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bert_dml.setup_model import load_encoder
+from bert_dml.model import load_encoder
 from common.checkpoints import save_chainer_npz, save_google_checkpoint
 from common.cli import UserError
 from common.config import BertConfig
@@ -44,6 +44,7 @@ def test_missing_sources_are_clear_errors(pretrained):
     folder, config_path, vocab_path, _, _ = pretrained
     with pytest.raises(UserError, match="--bert_config_file"):
         load_encoder()
+    (folder / "vocab.txt").rename(folder / "words.txt")  # a vocab.txt beside the checkpoint would be used
     with pytest.raises(UserError, match="--vocab_file"):
         load_encoder(init_checkpoint=str(folder / "bert_model.ckpt"), bert_config_file=config_path)
     with pytest.raises(UserError, match="training text"):
