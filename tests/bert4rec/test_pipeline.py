@@ -70,12 +70,20 @@ def test_untrained_model_is_near_chance(pipeline):
     assert results["full"]["hit@10"] < 0.3
 
 
-def test_training_learns_the_planted_order_then_resumes_and_recommends(pipeline):
-    strategy = get_strategy("default")
+@pytest.fixture(scope="module")
+def trained(pipeline):
+    """The model of 300 training steps in pipeline["model_dir"] (every test that needs it gets it, in any order)."""
     model, result = experiment.run_training(
-        strategy, pipeline["settings"], pipeline["prefix"] + ".train.tfrecord", pipeline["model_dir"],
-        batch_size=32, num_train_steps=300, num_warmup_steps=30, learning_rate=3e-3,
+        get_strategy("default"), pipeline["settings"], pipeline["prefix"] + ".train.tfrecord",
+        pipeline["model_dir"], batch_size=32, num_train_steps=300, num_warmup_steps=30, learning_rate=3e-3,
         save_checkpoints_steps=100, steps_per_execution=50, shuffle_buffer=5000, progress=False)
+    return model, result
+
+
+@pytest.mark.slow
+def test_training_learns_the_planted_order_then_resumes_and_recommends(pipeline, trained):
+    strategy = get_strategy("default")
+    model, result = trained
     assert result.final_step == 300
     results = evaluate(model, pipeline)
     assert results["pop100"]["hit@10"] > 0.9, results
@@ -98,10 +106,9 @@ def test_training_learns_the_planted_order_then_resumes_and_recommends(pipeline)
     assert not set(entry.item for entry in top) & set(history)
 
 
-def test_command_line_evaluates_and_recommends(pipeline):
+@pytest.mark.slow
+def test_command_line_evaluates_and_recommends(pipeline, trained):
     """run.py --do_eval on the trained directory prints the original's line per protocol."""
-    if not os.path.exists(os.path.join(pipeline["model_dir"], "checkpoint")):
-        pytest.skip("needs the model trained by the previous test")
     settings = pipeline["settings"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     completed = subprocess.run(
@@ -144,6 +151,7 @@ def test_vocab_size_mismatch_is_a_clear_error(pipeline, tmp_path):
         experiment.load_checked_config(str(small), vocab, MAX_SEQ_LENGTH)
 
 
+@pytest.mark.slow
 def test_command_line_trains_the_cross_attention_variant_in_bfloat16(pipeline, tmp_path):
     """run.py --do_train --do_eval as run_ml-1m.sh calls it: checkpoints, resume state, eval_results.json."""
     settings = pipeline["settings"]
@@ -177,6 +185,7 @@ def test_command_line_trains_the_cross_attention_variant_in_bfloat16(pipeline, t
     assert 0.0 <= history[-1]["pop100/hit@10"] <= 1.0 and "pop100/ndcg@10" in history[-1]
 
 
+@pytest.mark.slow
 def test_training_runs_under_mirrored_strategy_on_two_replicas(pipeline, tmp_path):
     """The same run_training under MirroredStrategy over the two logical CPUs (the GPU code path)."""
     strategy = get_strategy("mirrored")

@@ -59,6 +59,19 @@ def trained(tmp_path_factory):
     return {"root": root, "train": train, "eval": evaluation, "config": config, "out": out, "stdout": result.stdout}
 
 
+@pytest.fixture(scope="module")
+def extracted(trained):
+    """The trained model's features of the eval file, by the original's script name (stdout and a file)."""
+    result = run_script("extruct_bert_metrics.py", f"--input={trained['eval']}", f"--model={trained['out']}",
+                        f"--label={trained['out']}/labels.json", "--batchsize=16", "--gpu=-1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    path = str(trained["root"] / "dml-features.txt")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(result.stdout)
+    return {"stdout": result.stdout, "path": path}
+
+
+@pytest.mark.slow
 def test_training_logs_like_the_original_and_writes_its_outputs(trained):
     lines = [line for line in trained["stdout"].splitlines() if line.startswith("[")]
     assert len(lines) == 2
@@ -76,7 +89,8 @@ def test_training_logs_like_the_original_and_writes_its_outputs(trained):
     assert os.path.isfile(os.path.join(out, "best", f"ckpt-{best}.index"))
 
 
-def test_dml_features_separate_the_topics_much_better_than_before_training(trained):
+@pytest.mark.slow
+def test_dml_features_separate_the_topics_much_better_than_before_training(trained, extracted):
     import keras
 
     from bert_dml import data as dml_data
@@ -86,10 +100,7 @@ def test_dml_features_separate_the_topics_much_better_than_before_training(train
     from common.metrics import knn_accuracy
     from common.tokenization import BertTokenizer
 
-    result = run_script("extruct_bert_metrics.py", f"--input={trained['eval']}", f"--model={trained['out']}",
-                        f"--label={trained['out']}/labels.json", "--batchsize=16", "--gpu=-1")
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.splitlines()
+    lines = extracted["stdout"].splitlines()
     assert len(lines) == 60  # one line per input line
     rows = [line.split("\t") for line in lines]
     assert all(len(row) == 513 for row in rows)
@@ -108,16 +119,10 @@ def test_dml_features_separate_the_topics_much_better_than_before_training(train
                           labels, k=10)
     assert after >= 0.9 and after >= before + 0.2, (before, after)
 
-    features_path = str(trained["root"] / "dml-features.txt")
-    with open(features_path, "w", encoding="utf-8") as handle:
-        handle.write(result.stdout)
-    trained["features"] = features_path
 
-
-def test_cluster_command_prints_the_metric_table(trained):
-    features_path = trained.get("features")
-    if features_path is None:
-        pytest.skip("needs the extraction test's features")
+@pytest.mark.slow
+def test_cluster_command_prints_the_metric_table(trained, extracted):
+    features_path = extracted["path"]
     table = str(trained["root"] / "clusters.json")
     result = run_script("cluster.py", features_path, f"--json={table}", "--noplot")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -131,6 +136,7 @@ def test_cluster_command_prints_the_metric_table(trained):
     assert kmeans["ari"] > 0.5 and 0 < kmeans["nmi"] <= 1
 
 
+@pytest.mark.slow
 def test_resume_continues_after_the_last_finished_epoch(trained):
     from bert_dml.training import train_dml
 
@@ -145,6 +151,7 @@ def test_resume_continues_after_the_last_finished_epoch(trained):
     assert not any(line.startswith("[  2]") for line in printed)
 
 
+@pytest.mark.slow
 def test_classifier_baseline_and_classified_features(trained):
     from bert_dml.features import extract_features
     from bert_dml.training import train_classifier
@@ -160,7 +167,10 @@ def test_classifier_baseline_and_classified_features(trained):
     assert features.shape == (60, TINY_CONFIG["hidden_size"]) and len(labels) == 60
 
 
-def test_command_line_errors_are_one_line_naming_file_and_line(tmp_path, trained):
+def test_command_line_errors_are_one_line_naming_file_and_line(tmp_path):
+    evaluation, config = tmp_path / "eval.txt", tmp_path / "bert_config.json"
+    write_corpus(str(evaluation), 10, seed=1)
+    config.write_text(json.dumps(TINY_CONFIG))
     bad_features = tmp_path / "features.txt"
     bad_features.write_text("a\t0.1\t0.2\nb\t0.3\tx\n", encoding="utf-8")
     result = run_script("cluster.py", str(bad_features))
@@ -169,8 +179,8 @@ def test_command_line_errors_are_one_line_naming_file_and_line(tmp_path, trained
 
     cp1252 = tmp_path / "train.txt"
     cp1252.write_bytes("0\tfine\n1\tit's a caf\u00e9\n".encode("cp1252"))
-    result = run_script("train_dml.py", f"--train={cp1252}", f"--eval={trained['eval']}",
-                        f"--bert_config_file={trained['config']}", f"--out={tmp_path / 'out'}")
+    result = run_script("train_dml.py", f"--train={cp1252}", f"--eval={evaluation}",
+                        f"--bert_config_file={config}", f"--out={tmp_path / 'out'}")
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {cp1252}:2: not valid utf-8") and "--encoding" in last

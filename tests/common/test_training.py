@@ -124,6 +124,7 @@ def _free_port():
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_workers_on_loopback_train_to_identical_weights(tmp_path):
     cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
     model_dir = tmp_path / "model"

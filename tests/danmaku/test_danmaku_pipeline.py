@@ -93,6 +93,7 @@ def _google_eval_by_hand(model, settings):
             "next_sentence_accuracy": (nsp_log_p.argmax(-1) == nsp_labels).mean()}, count
 
 
+@pytest.mark.slow
 def test_pretraining_writes_the_four_numbers_in_googles_format(trained):
     settings, result = trained
     output_dir = settings.output_dir
@@ -131,6 +132,7 @@ def test_pretraining_writes_the_four_numbers_in_googles_format(trained):
     assert again["rows"]["before_training"] == pytest.approx(rows["before_training"])
 
 
+@pytest.mark.slow
 def test_serve_cli_loads_the_tuned_checkpoint_with_bert_as_service_flags(trained, tiny_model_dir):
     settings, _ = trained
     texts = ["前方高能", "awsl", "泪目泪目"]
@@ -208,6 +210,7 @@ def test_run_pretraining_cli_reports_a_wrong_input_file_in_one_line(tmp_path, ti
     assert not (tmp_path / "model").exists()
 
 
+@pytest.mark.slow
 def test_settings_that_do_not_fit_the_data_fail_before_training(trained, tmp_path):
     settings, _ = trained
     not_records = tmp_path / "comments.txt"

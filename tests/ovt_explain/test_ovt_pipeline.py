@@ -94,6 +94,7 @@ def masked_episode_top5(pre_dir, lines, cause, episode_of, frequent, max_seq_len
     return float(exact), float(episode), float(baseline), len(answers)
 
 
+@pytest.mark.slow
 def test_pretraining_learns_the_planted_series(trained):
     import collections
 
@@ -116,6 +117,7 @@ def test_pretraining_learns_the_planted_series(trained):
     assert cases >= 20 and episode >= 0.8 and exact >= 0.3 and baseline <= 0.2, (exact, episode, baseline, cases)
 
 
+@pytest.mark.slow
 def test_fine_tuning_learns_the_planted_cause_and_writes_samples(trained):
     results, cls_dir = trained["results"], trained["cls_dir"]
     assert results["test"]["macro_f1"] > 0.75, results["test"]
@@ -145,6 +147,7 @@ def test_fine_tuning_learns_the_planted_cause_and_writes_samples(trained):
     assert features["input_ids"][0, 7:].tolist() == [3] * 33
 
 
+@pytest.mark.slow
 def test_visualization_writes_the_originals_pictures_html_and_dumps(trained):
     from ovt_explain.attention_visualization import visualize
 
@@ -201,6 +204,7 @@ try {
 </script>"""
 
 
+@pytest.mark.slow
 def test_html_page_runs_in_headless_chromium_without_console_errors(trained, tmp_path):
     import shutil
 
@@ -225,6 +229,7 @@ def test_html_page_runs_in_headless_chromium_without_console_errors(trained, tmp
     assert completed.stdout.count('class="tok') > 3  # the script rendered the programmes
 
 
+@pytest.mark.slow
 def test_visualization_names_a_checkpoint_that_is_not_a_classifier(trained, tmp_path):
     from common.cli import UserError
     from ovt_explain.attention_visualization import visualize
