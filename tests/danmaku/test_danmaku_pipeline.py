@@ -240,3 +240,38 @@ def test_googles_tpu_flags_name_the_tpu_and_check_its_cores():
     check_tpu_cores(8, 2)  # fewer: reported, all cores are used
     with pytest.raises(UserError, match="--num_tpu_cores=32 but the TPU has 8 cores"):
         check_tpu_cores(8, 32)
+
+
+@pytest.mark.slow
+def test_the_whole_pipeline_runs_on_a_cloud_filesystem(tiny_model_dir, corpus_lines):
+    """gs:// in the seed's TPU workflow; TensorFlow's in-memory ram:// here (offline): corpus, vocabulary, model,
+    TFRecords, checkpoints, eval_results.txt and the served folder all live on the tf.io.gfile filesystem."""
+    import uuid
+
+    from common import io_utils
+
+    root = f"ram://danmaku_{uuid.uuid4().hex}"
+    for name in os.listdir(tiny_model_dir):  # the Google folder, uploaded
+        io_utils.copy(os.path.join(tiny_model_dir, name), f"{root}/init/{name}")
+    rng = random.Random(5)
+    for index in range(2):  # two files: the last video of the first runs on into the second (Google's reader)
+        videos = ["\n".join(rng.choice(corpus_lines[:10]) for _ in range(rng.randint(6, 12))) for _ in range(6)]
+        io_utils.atomic_write_text(f"{root}/corpus/part-{index}.txt", "\n\n".join(videos) + "\n")
+    stats = create_pretraining_data(f"{root}/corpus/*.txt", f"{root}/data/a.tfrecord,{root}/data/b.tfrecord",
+                                    f"{root}/init/vocab.txt", num_workers=1, progress=False, max_seq_length=32,
+                                    max_predictions_per_seq=5, dupe_factor=2)
+    assert stats["documents"] == 11 and stats["files"] == [f"{root}/data/a.tfrecord", f"{root}/data/b.tfrecord"]
+    settings = PretrainingSettings(
+        input_file=f"{root}/data/*.tfrecord", output_dir=f"{root}/model", init_checkpoint=f"{root}/init",
+        train_batch_size=8, eval_batch_size=8, max_seq_length=32, max_predictions_per_seq=5, num_train_steps=4,
+        num_warmup_steps=1, save_checkpoints_steps=2, iterations_per_loop=2, max_eval_steps=3, progress=False)
+    result = run_pretraining(tf.distribute.get_strategy(), settings)
+    values = read_eval_results(f"{root}/model/eval_results.txt")
+    assert values == pytest.approx(result["rows"]["eval"]) and values["global_step"] == 4
+    for name in ("bert_config.json", "vocab.txt", "model.ckpt-4.index", "ckpt-4.index", "eval_results.json"):
+        assert io_utils.isfile(f"{root}/model/{name}"), name
+    # bert-as-service's -model_dir on the written folder: config, vocabulary and the tuned weights from there.
+    served = load_model(f"{root}/model")
+    vectors = SentenceEncoder(served.encoder, served.tokenizer, layers=(-1,), max_seq_length=16).encode(["前方高能"])
+    assert vectors.shape == (1, 32) and np.isfinite(vectors).all()
+    assert not os.path.exists("ram:")  # nothing went to a local folder named after the scheme
