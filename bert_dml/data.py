@@ -107,13 +107,15 @@ def label_ids(data: LabeledTexts, labels: Sequence[str], strict: bool = True) ->
     return np.asarray(ids, dtype=np.int32)
 
 
-def build_vocabulary(texts: Sequence[str], vocab_size: int = 8000, lowercase: bool = True) -> list[str]:
+def build_vocabulary(texts: Sequence[str], vocab_size: int = 8000, lowercase: bool = True,
+                     tokenize_chinese_chars: bool = False) -> list[str]:
     """A WordPiece vocabulary learnt from the training texts, for a model trained from scratch.
 
-    BERT's basic tokenization splits CJK ideographs into characters and keeps kana/latin words, so
-    pre-segmented Japanese (`一般 道路 を 走行 中`) works as it is.
+    As the original's tokenizer, CJK ideographs stay inside their words by default, so pre-segmented
+    Japanese (`一般 道路 を 走行 中`) gives word tokens (`道路`); Google's split is `tokenize_chinese_chars`.
     """
-    return compute_wordpiece_vocabulary(vocab_size, lines=list(texts), lowercase=lowercase)
+    return compute_wordpiece_vocabulary(vocab_size, lines=list(texts), lowercase=lowercase,
+                                        tokenize_chinese_chars=tokenize_chinese_chars)
 
 
 def encode_texts(tokenizer: BertTokenizer, texts: Sequence[str], max_seq_length: int) -> dict[str, np.ndarray]:

@@ -71,8 +71,6 @@ class EpochSettings:
     plot_keys: tuple[str, ...] = ("T/loss", "D/loss")
     plot: bool = True
     progress: bool = True
-    # The optimizer's schedule, for the epoch's rate in the log (before a resumed run restores the step).
-    schedule: Callable[[int], float] | None = None
 
 
 def run_epochs(strategy: tf.distribute.Strategy, model: keras.Model, optimizer, loss_fn: Callable,
@@ -108,8 +106,6 @@ def run_epochs(strategy: tf.distribute.Strategy, model: keras.Model, optimizer, 
         if settings.patience is not None and since_best >= settings.patience:
             print_fn(f"early stopping: {settings.best_metric} has not improved for {since_best} epochs")
             break
-        learning_rate = (float(ops.convert_to_numpy(settings.schedule((epoch - 1) * settings.steps_per_epoch)))
-                         if settings.schedule is not None else current_learning_rate(optimizer))
         train_start = time.perf_counter()
         # The epoch's dataset starts at this epoch's first step: `start_step` needs no skipping.
         epoch_dataset_fn = (lambda context, start_step=0, epoch=epoch: dataset_fn(epoch, context))
@@ -119,12 +115,13 @@ def run_epochs(strategy: tf.distribute.Strategy, model: keras.Model, optimizer, 
                        log_every_steps=settings.steps_per_epoch, progress=settings.progress, summary=True)
         train_seconds = time.perf_counter() - train_start
         losses = [loss for _, loss in result.losses]
+        rates = last_step_rates(optimizer)
         eval_start = time.perf_counter()
         metrics = dict(evaluate_epoch(epoch))
         eval_seconds = time.perf_counter() - eval_start
         entry = {"epoch": epoch, "T/loss": sum(losses) / max(len(losses), 1), "T/sec": train_seconds,
                  **{f"T/{key}": value for key, value in (getattr(result, "metrics", None) or {}).items()},
-                 **metrics, "D/sec": eval_seconds, "lr": learning_rate,
+                 **metrics, "D/sec": eval_seconds, **rates,
                  "elapsed_time": time.perf_counter() - started}
         history.append(entry)
         print_fn(format_line(entry))
@@ -147,6 +144,15 @@ def run_epochs(strategy: tf.distribute.Strategy, model: keras.Model, optimizer, 
     if writer is not None:
         writer.close()
     return history
+
+
+def last_step_rates(optimizer) -> dict[str, float]:
+    """Read from the optimizer after its last step, as the original prints Chainer's: `eta` the
+    learning rate, `lr` Adam's bias-correction factor sqrt(1 - b2^t) / (1 - b1^t) (1.0 without)."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if hasattr(inner, "step_size_factor"):
+        return {"lr": inner.step_size_factor(), "eta": inner.last_learning_rate()}
+    return {"lr": 1.0, "eta": current_learning_rate(inner)}
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:

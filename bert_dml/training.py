@@ -21,24 +21,29 @@ from bert_dml.model import load_encoder, save_model_folder
 from bert_dml.triplets import MARGIN, TRIPLETS_PER_EPOCH, epoch_seed, retrieval_metrics, sample_triplets
 from common.cli import UserError
 from common.distribute import get_strategy
-from common.optimization import AdamWeightDecay
+from common.optimization import STEP_SIZE_CORRECTION, AdamWeightDecay
 
 GRADIENT_CLIP_NORM = 1.0
 
 
+def _original_line(entry: dict, train_acc: float, dev_acc1: float, dev_acc2: float) -> str:
+    """The original scripts' per-epoch line; `lr` is Chainer's Adam factor, `eta` the learning rate."""
+    return (f"[{entry['epoch']:>3d}] T/loss={entry['T/loss']:.6f} T/acc1={train_acc:.6f} T/acc2={0.0:.6f} "
+            f"T/sec= {entry['T/sec']:.6f} D/loss={entry['D/loss']:.6f} D/acc1={dev_acc1:.6f} "
+            f"D/acc2={dev_acc2:.6f} D/sec= {entry['D/sec']:.6f} lr={entry['lr']:.6f} eta={entry['eta']:.6f}")
+
+
 def dml_log_line(entry: dict) -> str:
-    """The original's per-epoch line (its always-zero acc columns left out, `lr` the learning rate)."""
-    line = (f"[{entry['epoch']:>3d}] T/loss={entry['T/loss']:.6f} D/loss={entry['D/loss']:.6f} "
-            f"T/sec={entry['T/sec']:.6f} D/sec={entry['D/sec']:.6f} lr={entry['lr']:.6e}")
+    """train_dml.py's line (its acc columns are always 0), then our extra eval metrics (D/knn10)."""
+    line = _original_line(entry, 0.0, 0.0, 0.0)
     extra = " ".join(f"{key}={entry[key]:.6f}" for key in sorted(entry)
                      if key.startswith("D/") and key not in ("D/loss", "D/sec"))
     return f"{line} {extra}" if extra else line
 
 
 def cls_log_line(entry: dict) -> str:
-    return (f"[{entry['epoch']:>3d}] T/loss={entry['T/loss']:.6f} T/acc={entry.get('T/accuracy', float('nan')):.6f} "
-            f"D/loss={entry['D/loss']:.6f} D/acc={entry['D/acc']:.6f} D/uar={entry['D/uar']:.6f} "
-            f"T/sec={entry['T/sec']:.6f} D/sec={entry['D/sec']:.6f} lr={entry['lr']:.6e}")
+    """train_bert.py's line: acc1 the accuracy, D/acc2 the UAR."""
+    return _original_line(entry, entry.get("T/accuracy", float("nan")), entry["D/acc"], entry["D/uar"])
 
 
 def _prepare_resume(resume: str | None, out: str, start_epoch: int, steps: int) -> None:
@@ -63,15 +68,18 @@ def _read_data(train_path: str, eval_path: str, encoding: str):
 
 
 def _build(strategy, train, evaluation, labels, max_seq_length, learnrate, weightdecay, steps, epochs, make_model,
-           print_fn, **encoder_kwargs):
+           print_fn, bias_correction=True, tokenize_chinese_chars=False, **encoder_kwargs):
     """Encoder (pre-trained or from scratch), model, optimizer, and both files' features."""
     with strategy.scope():
         setup = load_encoder(train_texts=train.texts, **encoder_kwargs)
         model = make_model(setup.encoder)
+        # The original's WeightDecayForMatrixAdam(alpha=1, eps=1e-6): Chainer's bias-corrected Adam, eta the rate.
         optimizer = AdamWeightDecay(EpochLinearDecay(learnrate, steps, epochs), weight_decay_rate=weightdecay,
-                                    epsilon=1e-6, global_clipnorm=GRADIENT_CLIP_NORM)
+                                    epsilon=1e-6, global_clipnorm=GRADIENT_CLIP_NORM,
+                                    bias_correction=STEP_SIZE_CORRECTION if bias_correction else False)
     max_seq_length = min(max_seq_length, setup.config.max_position_embeddings)
-    tokenizer = setup.tokenizer()
+    # The original's tokenizer keeps pre-segmented CJK words whole (Google's splits every ideograph).
+    tokenizer = setup.tokenizer().replace(tokenize_chinese_chars=tokenize_chinese_chars)
     train_features = dml_data.encode_texts(tokenizer, train.texts, max_seq_length)
     eval_features = dml_data.encode_texts(tokenizer, evaluation.texts, max_seq_length)
     print_fn(f"# train: {len(train)}, eval: {len(evaluation)}, class: {len(labels)}, labels: {labels}, "
@@ -109,6 +117,7 @@ def train_dml(train_path: str, eval_path: str, out: str, *, batchsize: int = 64,
               max_seq_length: int = 128, random_seed: int = 123,
               triplets_per_epoch: int = TRIPLETS_PER_EPOCH, eval_triplets_per_epoch: int | None = None,
               margin: float = MARGIN, vocab_size: int = 8000, lowercase: bool = True, eval_knn: bool = True,
+              bias_correction: bool = True, tokenize_chinese_chars: bool = False, best_metric: str = "D/loss",
               noplot: bool = False, resume: str | None = None, start_epoch: int = 1,
               strategy: tf.distribute.Strategy | None = None, progress: bool = True,
               print_fn: Callable[[str], None] = print) -> list[dict]:
@@ -116,7 +125,10 @@ def train_dml(train_path: str, eval_path: str, out: str, *, batchsize: int = 64,
 
     Each epoch draws `triplets_per_epoch` triplets from the training file and
     `eval_triplets_per_epoch` (default: the same number, as the original) from the eval file.
+    `best_metric`: the model kept in `out/best`, lowest "D/loss" (the original's) or highest "D/knn10".
     """
+    if best_metric not in ("D/loss", "D/knn10") or (best_metric == "D/knn10" and not eval_knn):
+        raise ValueError(f"best_metric must be D/loss, or D/knn10 with eval_knn; got {best_metric!r}")
     strategy = strategy or get_strategy("default")
     keras.utils.set_random_seed(random_seed)  # the new weights (projection, from-scratch encoder)
     train, evaluation, labels = _read_data(train_path, eval_path, encoding)
@@ -126,12 +138,13 @@ def train_dml(train_path: str, eval_path: str, out: str, *, batchsize: int = 64,
     _prepare_resume(resume, out, start_epoch, steps)
     setup, model, optimizer, max_seq_length, train_features, eval_features = _build(
         strategy, train, evaluation, labels, max_seq_length, learnrate, weightdecay, steps, epochs, BertDML,
-        print_fn, preset=preset, init_checkpoint=init_checkpoint, bert_config_file=bert_config_file,
-        vocab_file=vocab_file, vocab_size=vocab_size, lowercase=lowercase)
+        print_fn, bias_correction=bias_correction, tokenize_chinese_chars=tokenize_chinese_chars, preset=preset, init_checkpoint=init_checkpoint,
+        bert_config_file=bert_config_file, vocab_file=vocab_file, vocab_size=vocab_size, lowercase=lowercase)
     save_model_folder(out, setup, labels, {
         "kind": "dml", "output_dim": model.output_dense.units, "max_seq_length": max_seq_length,
         "mining": mining, "margin": margin, "batchsize": batchsize, "epoch": epochs, "learnrate": learnrate,
-        "weightdecay": weightdecay, "random_seed": random_seed, "train": train_path, "eval": eval_path})
+        "weightdecay": weightdecay, "bias_correction": bias_correction, "tokenize_chinese_chars": tokenize_chinese_chars, "random_seed": random_seed,
+        "train": train_path, "eval": eval_path})
 
     def train_batches(epoch):
         triplets = sample_triplets(train_ids, triplets_per_epoch, epoch_seed(random_seed, epoch, "train"))
@@ -153,9 +166,8 @@ def train_dml(train_path: str, eval_path: str, out: str, *, batchsize: int = 64,
             metrics["D/knn10"] = knn["knn10_accuracy"]
         return metrics
 
-    settings = EpochSettings(num_epochs=epochs, steps_per_epoch=steps, model_dir=out, best_metric="D/loss",
-                             best_mode="min", plot=not noplot, progress=progress,
-                             schedule=EpochLinearDecay(learnrate, steps, epochs))
+    settings = EpochSettings(num_epochs=epochs, steps_per_epoch=steps, model_dir=out, best_metric=best_metric,
+                             best_mode="min" if best_metric == "D/loss" else "max", plot=not noplot, progress=progress)
     return run_epochs(strategy, model, optimizer, make_triplet_loss_fn(mining, margin),
                       _epoch_batches(train_batches, triplet_signature()), evaluate_epoch, settings,
                       dml_log_line, print_fn)
@@ -174,7 +186,8 @@ def train_classifier(train_path: str, eval_path: str, out: str, *, batchsize: in
                      init_checkpoint: str | None = None, bert_config_file: str | None = None,
                      vocab_file: str | None = None, encoding: str = "utf-8", max_seq_length: int = 128,
                      random_seed: int = 123, vocab_size: int = 8000, lowercase: bool = True,
-                     patience: int | None = 3, max_train_examples: int | None = None,
+                     patience: int | None = 3, max_train_examples: int | None = None, bias_correction: bool = True,
+                     tokenize_chinese_chars: bool = False,
                      noplot: bool = False, resume: str | None = None, start_epoch: int = 1,
                      strategy: tf.distribute.Strategy | None = None, progress: bool = True,
                      print_fn: Callable[[str], None] = print) -> list[dict]:
@@ -196,13 +209,14 @@ def train_classifier(train_path: str, eval_path: str, out: str, *, batchsize: in
     _prepare_resume(resume, out, start_epoch, steps)
     setup, model, optimizer, max_seq_length, train_features, eval_features = _build(
         strategy, train, evaluation, labels, max_seq_length, learnrate, weightdecay, steps, epochs,
-        lambda encoder: BertClassifier(encoder, len(labels), dropout=0.1), print_fn, preset=preset,
+        lambda encoder: BertClassifier(encoder, len(labels), dropout=0.1), print_fn,
+        bias_correction=bias_correction, tokenize_chinese_chars=tokenize_chinese_chars, preset=preset,
         init_checkpoint=init_checkpoint, bert_config_file=bert_config_file, vocab_file=vocab_file,
         vocab_size=vocab_size, lowercase=lowercase)
     save_model_folder(out, setup, labels, {
         "kind": "classified", "num_labels": len(labels), "max_seq_length": max_seq_length,
         "batchsize": batchsize, "epoch": epochs, "learnrate": learnrate, "weightdecay": weightdecay,
-        "random_seed": random_seed, "train": train_path, "eval": eval_path})
+        "bias_correction": bias_correction, "tokenize_chinese_chars": tokenize_chinese_chars, "random_seed": random_seed, "train": train_path, "eval": eval_path})
 
     def train_batches(epoch):
         order = np.random.default_rng(epoch_seed(random_seed, epoch, "train")).permutation(len(train))[:per_epoch]
@@ -224,6 +238,6 @@ def train_classifier(train_path: str, eval_path: str, out: str, *, batchsize: in
 
     settings = EpochSettings(num_epochs=epochs, steps_per_epoch=steps, model_dir=out, best_metric="D/uar",
                              best_mode="max", patience=patience, plot_keys=("T/loss", "D/loss", "D/acc", "D/uar"),
-                             plot=not noplot, progress=progress, schedule=EpochLinearDecay(learnrate, steps, epochs))
+                             plot=not noplot, progress=progress)
     return run_epochs(strategy, model, optimizer, classification_loss_fn,
                       _epoch_batches(train_batches, signature), evaluate_epoch, settings, cls_log_line, print_fn)

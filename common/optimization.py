@@ -2,7 +2,9 @@
 
 `AdamWeightDecay` is Google's `AdamWeightDecayOptimizer`: Adam moments WITHOUT bias correction,
 decoupled weight decay added to the update (so it is scaled by the learning rate), and no decay on
-LayerNorm parameters or biases. Global-norm clipping is applied to the gradient summed over all
+LayerNorm parameters or biases. Two bias-corrected variants: standard AdamW (`bias_correction=True`)
+and Chainer's `Adam` with `weight_decay_rate`, used by bert-chainer's `WeightDecayForMatrixAdam`
+(`bias_correction="step_size"`). Global-norm clipping is applied to the gradient summed over all
 replicas, so a run on N replicas takes the same step as one device on the same global batch
 (Keras itself clips each replica's partial gradient before the all-reduce).
 """
@@ -75,6 +77,17 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
                 "num_warmup_steps": self.num_warmup_steps}
 
 
+# False: Google's BERT; True: standard AdamW; "step_size": Chainer's Adam (and TF1's tf.train.AdamOptimizer).
+BIAS_CORRECTIONS = (False, True, STEP_SIZE_CORRECTION := "step_size")
+
+
+def step_size_factor(step: int, beta_1: float = 0.9, beta_2: float = 0.999) -> float:
+    """sqrt(1 - beta_2^t) / (1 - beta_1^t) after `step` updates (t = step): Chainer's `Adam.lr` with alpha=1."""
+    if step <= 0:
+        return 0.0
+    return (1.0 - beta_2 ** step) ** 0.5 / (1.0 - beta_1 ** step)
+
+
 def uses_weight_decay(variable_path: str,
                       exclude_patterns: Sequence[str] = DEFAULT_WEIGHT_DECAY_EXCLUDES) -> bool:
     """False when any pattern matches (re.search) the variable's path, e.g. '.../layer_norm/gamma'."""
@@ -92,6 +105,10 @@ class AdamWeightDecay(keras.optimizers.Optimizer):
     update = m / (sqrt(v) + epsilon) + weight_decay_rate * param   (decay only where `uses_weight_decay`)
     param -= learning_rate * update
     `bias_correction=True` uses m / (1 - beta_1^t) and v / (1 - beta_2^t) instead (standard AdamW).
+    `bias_correction="step_size"` is Chainer's Adam (alpha=1, eta=learning_rate), the correction folded
+    into the step, epsilon and the decay left uncorrected:
+    update = sqrt(1 - beta_2^t) / (1 - beta_1^t) * m / (sqrt(v) + epsilon) + weight_decay_rate * param
+    (`step_size_factor()` is that factor: what Chainer reports as `optimizer.lr`).
 
     Works in a custom loop under `strategy.run` (Mirrored, MultiWorkerMirrored): `apply` sums the
     replicas' gradients, then clips the sum to `global_clipnorm`, then updates every replica alike.
@@ -110,6 +127,8 @@ class AdamWeightDecay(keras.optimizers.Optimizer):
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.epsilon = epsilon
+        if bias_correction not in BIAS_CORRECTIONS:
+            raise ValueError(f"bias_correction must be one of {BIAS_CORRECTIONS}, got {bias_correction!r}")
         self.bias_correction = bias_correction
         self.exclude_from_weight_decay_patterns = tuple(exclude_from_weight_decay)
 
@@ -153,8 +172,12 @@ class AdamWeightDecay(keras.optimizers.Optimizer):
         new_v = self.beta_2 * second_moment + (1.0 - self.beta_2) * ops.square(gradient)
         self.assign(first_moment, new_m)
         self.assign(second_moment, new_v)
-        if self.bias_correction:
-            t = ops.cast(self.iterations + 1, dtype)
+        t = ops.cast(self.iterations + 1, dtype)
+        if self.bias_correction == STEP_SIZE_CORRECTION:
+            # Chainer: lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps); eps sees the raw v.
+            new_m = new_m * (ops.sqrt(1.0 - ops.power(ops.cast(self.beta_2, dtype), t))
+                             / (1.0 - ops.power(ops.cast(self.beta_1, dtype), t)))
+        elif self.bias_correction:
             new_m = new_m / (1.0 - ops.power(ops.cast(self.beta_1, dtype), t))
             new_v = new_v / (1.0 - ops.power(ops.cast(self.beta_2, dtype), t))
 
@@ -162,6 +185,22 @@ class AdamWeightDecay(keras.optimizers.Optimizer):
         if self._decays[index] and self.weight_decay_rate:
             update = update + self.weight_decay_rate * variable
         self.assign_sub(variable, learning_rate * update)
+
+    def step_size_factor(self) -> float:
+        """The bias-correction factor of the last step taken (Chainer's `optimizer.lr`; 1.0 uncorrected)."""
+        if self.bias_correction != STEP_SIZE_CORRECTION:
+            return 1.0
+        return step_size_factor(int(ops.convert_to_numpy(self.iterations)), self.beta_1, self.beta_2)
+
+    def last_learning_rate(self) -> float:
+        """The learning rate (Chainer's `eta`) the last step used (the next one's before any step)."""
+        step = max(int(ops.convert_to_numpy(self.iterations)) - 1, 0)
+        rate = self._learning_rate
+        if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+            rate = rate(step)
+        elif callable(rate) and not isinstance(rate, keras.Variable):
+            rate = rate()
+        return float(ops.convert_to_numpy(rate))
 
     def get_config(self):
         config = super().get_config()

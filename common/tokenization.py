@@ -129,12 +129,17 @@ def is_cjk_character(char: str) -> bool:
 # ---- tokenizers ---------------------------------------------------------------------------------
 
 class BasicTokenizer:
-    """Text -> words and punctuation marks: cleanup, CJK split, lower-case/accent strip, punctuation split."""
+    """Text -> words and punctuation marks: cleanup, CJK split, lower-case/accent strip, punctuation split.
 
-    def __init__(self, lowercase: bool = True, strip_accents: bool | None = None):
+    `tokenize_chinese_chars=False` keeps CJK ideographs inside their whitespace-separated words (Google's
+    and Hugging Face's switch of that name): pre-segmented Japanese `一般 道路` stays `一般`, `道路`.
+    """
+
+    def __init__(self, lowercase: bool = True, strip_accents: bool | None = None, tokenize_chinese_chars: bool = True):
         self.lowercase = lowercase
         # As in Hugging Face's BertTokenizer: None means "strip accents exactly when lower-casing".
         self.strip_accents = lowercase if strip_accents is None else strip_accents
+        self.tokenize_chinese_chars = tokenize_chinese_chars
 
     def tokenize(self, text: str) -> list[str]:
         if isinstance(text, bytes):
@@ -149,15 +154,15 @@ class BasicTokenizer:
             words.extend(_split_on_punctuation(word))
         return words
 
-    @staticmethod
-    def _clean_and_space_cjk(text: str) -> str:
+    def _clean_and_space_cjk(self, text: str) -> str:
         pieces = []
+        split_cjk = self.tokenize_chinese_chars
         for char in text:
             if char == "\x00" or char == "\ufffd" or _is_control(char):
                 continue
             if _is_whitespace(char):
                 pieces.append(" ")
-            elif is_cjk_character(char):
+            elif split_cjk and is_cjk_character(char):
                 pieces.append(f" {char} ")
             else:
                 pieces.append(char)
@@ -236,7 +241,7 @@ class BertTokenizer:
     def __init__(self, vocab: Mapping[str, int] | Sequence[str], lowercase: bool = True,
                  strip_accents: bool | None = None, unk_token: str = UNK_TOKEN,
                  cls_token: str = CLS_TOKEN, sep_token: str = SEP_TOKEN,
-                 max_input_chars_per_word: int = 100):
+                 max_input_chars_per_word: int = 100, tokenize_chinese_chars: bool = True):
         if isinstance(vocab, Mapping):
             self.vocab = dict(vocab)
         else:
@@ -250,7 +255,8 @@ class BertTokenizer:
                 raise VocabError(f"{role} {token!r} is not in the vocabulary")
         self.inverse_vocab = {index: token for token, index in self.vocab.items()}
         self.unk_token, self.cls_token, self.sep_token = unk_token, cls_token, sep_token
-        self.basic_tokenizer = BasicTokenizer(lowercase=lowercase, strip_accents=strip_accents)
+        self.basic_tokenizer = BasicTokenizer(lowercase=lowercase, strip_accents=strip_accents,
+                                              tokenize_chinese_chars=tokenize_chinese_chars)
         self.wordpiece_tokenizer = WordpieceTokenizer(self.vocab, unk_token, max_input_chars_per_word)
 
     # ---- construction ---------------------------------------------------------------------------
@@ -263,7 +269,8 @@ class BertTokenizer:
     def from_pretrained_dir(cls, folder: str | os.PathLike, lowercase: bool | None = None) -> "BertTokenizer":
         """A Google or Hugging Face BERT folder: `vocab.txt` plus, if present, `tokenizer_config.json`.
 
-        `do_lower_case`, `strip_accents` and the special token names come from `tokenizer_config.json`;
+        `do_lower_case`, `strip_accents`, `tokenize_chinese_chars` and the special token names come from
+        `tokenizer_config.json`;
         without it (Google checkpoints) the default is lower-casing, unless `lowercase` is given.
         """
         folder = os.fspath(folder)
@@ -275,8 +282,20 @@ class BertTokenizer:
             lowercase = settings.get("do_lower_case", True)
         special = {role: settings[role] for role in ("unk_token", "cls_token", "sep_token")
                    if isinstance(settings.get(role), str)}
-        return cls(load_vocab(vocab_path), lowercase=bool(lowercase),
-                   strip_accents=settings.get("strip_accents"), **special)
+        return cls(load_vocab(vocab_path), lowercase=bool(lowercase), strip_accents=settings.get("strip_accents"),
+                   tokenize_chinese_chars=bool(settings.get("tokenize_chinese_chars", True)), **special)
+
+    def replace(self, **options) -> "BertTokenizer":
+        """A tokenizer over the same vocabulary with some constructor options changed, e.g.
+        `replace(tokenize_chinese_chars=False)`."""
+        settings = dict(lowercase=self.lowercase, strip_accents=self.basic_tokenizer.strip_accents,
+                        unk_token=self.unk_token, cls_token=self.cls_token, sep_token=self.sep_token,
+                        max_input_chars_per_word=self.wordpiece_tokenizer.max_input_chars_per_word,
+                        tokenize_chinese_chars=self.tokenize_chinese_chars)
+        unknown = set(options) - set(settings)
+        if unknown:
+            raise TypeError(f"unknown tokenizer options {sorted(unknown)}")
+        return BertTokenizer(self.vocab, **{**settings, **options})
 
     # ---- tokens and ids -------------------------------------------------------------------------
 
@@ -287,6 +306,10 @@ class BertTokenizer:
     @property
     def lowercase(self) -> bool:
         return self.basic_tokenizer.lowercase
+
+    @property
+    def tokenize_chinese_chars(self) -> bool:
+        return self.basic_tokenizer.tokenize_chinese_chars
 
     def tokenize(self, text: str) -> list[str]:
         """Text -> wordpiece strings (no [CLS]/[SEP])."""
@@ -430,9 +453,11 @@ def _corpus_lines(lines: Iterable[str] | None, files: Iterable[str | os.PathLike
     return lines if lines is not None else iter_file_lines(files)
 
 
-def count_words(lines: Iterable[str], lowercase: bool = True) -> collections.Counter:
-    """Word frequencies after BERT's basic tokenization (CJK characters and punctuation are words)."""
-    basic_tokenizer = BasicTokenizer(lowercase=lowercase)
+def count_words(lines: Iterable[str], lowercase: bool = True, tokenize_chinese_chars: bool = True
+                ) -> collections.Counter:
+    """Word frequencies after BERT's basic tokenization (CJK characters, unless switched off, and
+    punctuation are words)."""
+    basic_tokenizer = BasicTokenizer(lowercase=lowercase, tokenize_chinese_chars=tokenize_chinese_chars)
     counts: collections.Counter = collections.Counter()
     for line in lines:
         counts.update(basic_tokenizer.tokenize(line))
@@ -441,6 +466,7 @@ def count_words(lines: Iterable[str], lowercase: bool = True) -> collections.Cou
 
 def compute_wordpiece_vocabulary(vocab_size: int, lines: Iterable[str] | None = None,
                                  files: Iterable[str | os.PathLike] | None = None, lowercase: bool = True,
+                                 tokenize_chinese_chars: bool = True,
                                  special_tokens: Sequence[str] = SPECIAL_TOKENS,
                                  output_path: str | os.PathLike | None = None) -> list[str]:
     """WordPiece vocabulary of at most `vocab_size` tokens, `special_tokens` first.
@@ -455,7 +481,8 @@ def compute_wordpiece_vocabulary(vocab_size: int, lines: Iterable[str] | None = 
     special_tokens = list(special_tokens)
     if vocab_size <= len(special_tokens):
         raise ValueError(f"vocab_size={vocab_size} leaves no room beside {len(special_tokens)} special tokens")
-    counts = count_words(_corpus_lines(lines, files), lowercase=lowercase)
+    counts = count_words(_corpus_lines(lines, files), lowercase=lowercase,
+                         tokenize_chinese_chars=tokenize_chinese_chars)
     for token in special_tokens:
         counts.pop(token, None)
     if not counts:

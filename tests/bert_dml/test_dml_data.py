@@ -54,12 +54,14 @@ def test_unlabeled_lines_allowed_for_extraction(tmp_path):
     assert data.labels == ["", "1"] and data.texts == ["just text", "labelled"]
 
 
-def test_vocabulary_from_pre_segmented_japanese_training_text():
+def test_vocabulary_from_pre_segmented_japanese_keeps_words_whole_as_the_original():
     texts = ["一般 道路 を 走行 中 、 突然 エンジン が 停止 した 。",
              "高速 道路 で ブレーキ が 効か ない 。"] * 5
     vocab = build_vocabulary(texts, vocab_size=120, lowercase=False)
-    tokenizer = BertTokenizer(vocab, lowercase=False)
-    tokens = tokenizer.tokenize("道路 を 走行 中 に エンジン が 停止")
-    assert "[UNK]" not in tokens[:4]
-    assert tokens[:2] == ["道", "路"]  # CJK ideographs are single-character tokens
-    assert "エンジン" in tokens or "エ" in tokens
+    assert "道路" in vocab  # the learner keeps words seen often enough (道路: 10 times)
+    tokenizer = BertTokenizer(vocab, lowercase=False, tokenize_chinese_chars=False)
+    # Words are WordPiece'd whole: 道路 one token, rarer 走行 as pieces of the word; に never occurs.
+    assert tokenizer.tokenize("道路 を 走行 に") == ["道路", "を", "走", "##行", "[UNK]"]
+    # Google's tokenization (the switch on) would cut the ideographs apart.
+    google = build_vocabulary(texts, vocab_size=120, lowercase=False, tokenize_chinese_chars=True)
+    assert BertTokenizer(google, lowercase=False).tokenize("道路 を 走行")[:2] == ["道", "路"]

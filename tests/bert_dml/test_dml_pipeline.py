@@ -75,14 +75,20 @@ def extracted(trained):
 def test_training_logs_like_the_original_and_writes_its_outputs(trained):
     lines = [line for line in trained["stdout"].splitlines() if line.startswith("[")]
     assert len(lines) == 2
-    for epoch, line in enumerate(lines, 1):
-        assert re.match(rf"\[  {epoch}\] T/loss=\d+\.\d{{6}} D/loss=\d+\.\d{{6}} T/sec=\d+\.\d{{6}} "
-                        r"D/sec=\d+\.\d{6} lr=\S+", line), line
     out = trained["out"]
     log = json.load(open(os.path.join(out, "log.json")))
     assert [entry["epoch"] for entry in log] == [1, 2]
-    # The original's schedule: 2e-3 in epoch 1, lowered by 2e-3 / epochs after each epoch.
-    np.testing.assert_allclose([entry["lr"] for entry in log], [2e-3, 1e-3], rtol=1e-5)
+    # 960 triplets / 32 = 30 updates an epoch. Chainer's lr column: sqrt(1 - 0.999^t) / (1 - 0.9^t) after
+    # t updates, hand-computed: t=30 -> sqrt(0.0295690) / 0.9576088 = 0.179569; t=60 -> 0.2413788 / 0.9982030.
+    # eta: the original's schedule, 2e-3 in epoch 1, lowered by 2e-3 / epochs after each epoch.
+    for epoch, (line, lr, eta) in enumerate(zip(lines, ["0.179569", "0.241813"], ["0.002000", "0.001000"]), 1):
+        assert re.fullmatch(rf"\[  {epoch}\] T/loss=\d\.\d{{6}} T/acc1=0\.000000 T/acc2=0\.000000 T/sec= \d+\.\d{{6}} "
+                            r"D/loss=\d\.\d{6} D/acc1=0\.000000 D/acc2=0\.000000 D/sec= \d+\.\d{6} "
+                            rf"lr={lr} eta={eta} D/knn10=\d\.\d{{6}}", line), line
+    # The log's rates are the optimizer's own (read after its last step), kept at full precision.
+    np.testing.assert_allclose([entry["eta"] for entry in log], [2e-3, 1e-3], rtol=1e-6)
+    np.testing.assert_allclose([entry["lr"] for entry in log],
+                               [np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) for t in (30, 60)], rtol=1e-6)
     assert json.load(open(os.path.join(out, "labels.json"))) == ["sports", "food"]
     assert os.path.getsize(os.path.join(out, "loss.png")) > 1000
     best = min(log, key=lambda entry: entry["D/loss"])["epoch"]
@@ -146,7 +152,9 @@ def test_resume_continues_after_the_last_finished_epoch(trained):
                     triplets_per_epoch=960, noplot=True, progress=False, resume=trained["out"], start_epoch=3,
                     print_fn=printed.append)
     assert [entry["epoch"] for entry in log] == [1, 2, 3]
-    assert log[-1]["lr"] == pytest.approx(2e-3 / 3, rel=1e-5)  # epoch 3 of 3, before the step is restored
+    # epoch 3 of 3 (3 x 30 updates in all): the restored optimizer continued its step count and schedule.
+    assert log[-1]["eta"] == pytest.approx(2e-3 / 3, rel=1e-5)
+    assert log[-1]["lr"] == pytest.approx(np.sqrt(1 - 0.999 ** 90) / (1 - 0.9 ** 90), rel=1e-6)
     assert sum(line.startswith("[  3]") for line in printed) == 1
     assert not any(line.startswith("[  2]") for line in printed)
 

@@ -5,7 +5,8 @@ import tensorflow as tf
 
 from common.distribute import get_strategy
 from common.optimization import (AdamWeightDecay, WarmupLinearDecay, create_optimizer,
-                                 maybe_wrap_for_loss_scaling, set_mixed_precision, uses_weight_decay)
+                                 maybe_wrap_for_loss_scaling, set_mixed_precision, step_size_factor,
+                                 uses_weight_decay)
 
 
 def test_schedule_warms_up_then_follows_the_decay_line_started_at_step_zero():
@@ -130,6 +131,72 @@ def test_three_steps_match_numpy_with_decay_only_on_kernels_and_embeddings(bias_
     everything = _numpy_adam_weight_decay(initial, grads_per_step, [True] * 5, lr=0.1, weight_decay=0.2,
                                           bias_correction=bias_correction)
     assert np.abs(everything[3] - expected[3]).max() > 1e-3
+
+
+def _numpy_chainer_adam(params, grads_per_step, decays, eta, weight_decay_rate, clip_norm=None,
+                        beta1=0.9, beta2=0.999, eps=1e-6):
+    """chainer.optimizers.Adam(alpha=1, eps, weight_decay_rate) with eta, GradientClipping hook, written
+    as Chainer's AdamRule.update_core_cpu: m += (1-b1)(g-m); v += (1-b2)(g^2-v);
+    p -= eta * (lr_t * m / (sqrt(v) + eps) + rate * p), lr_t = sqrt(1-b2^t) / (1-b1^t)."""
+    params = [np.asarray(p, np.float64) for p in params]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    for t, grads in enumerate(grads_per_step, start=1):
+        grads = [np.asarray(g, np.float64) for g in grads]
+        if clip_norm is not None:
+            rate = clip_norm / np.sqrt(sum(np.sum(g * g) for g in grads))
+            if rate < 1:
+                grads = [g * rate for g in grads]
+        lr_t = np.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+        for k, grad in enumerate(grads):
+            m[k] += (1 - beta1) * (grad - m[k])
+            v[k] += (1 - beta2) * (grad * grad - v[k])
+            decay = weight_decay_rate if decays[k] else 0.0
+            params[k] = params[k] - eta * (lr_t * m[k] / (np.sqrt(v[k]) + eps) + decay * params[k])
+    return params
+
+
+def test_chainer_adam_first_step_by_hand():
+    """One scalar weight (a 1x1 kernel, decayed): g = 0.5, p = 2, eta = 0.1, decay 0.01, t = 1."""
+    dense = keras.layers.Dense(1, use_bias=False, name="dense")
+    dense.build((None, 1))
+    dense.kernel.assign([[2.0]])
+    optimizer = AdamWeightDecay(learning_rate=0.1, weight_decay_rate=0.01, bias_correction="step_size")
+    optimizer.apply([tf.constant([[0.5]])], [dense.kernel])
+    # m = 0.1 * 0.5 = 0.05; v = 0.001 * 0.25 = 0.00025; lr_t = sqrt(0.001) / 0.1 = 0.316227766
+    # p = 2 - 0.1 * (0.316227766 * 0.05 / (0.0158113883 + 1e-6) + 0.01 * 2) = 2 - 0.1 * (0.999936757 + 0.02)
+    np.testing.assert_allclose(dense.kernel.numpy()[0, 0], 1.8980063243, rtol=0, atol=2e-6)
+    # Google's uncorrected step would be 0.1 * (0.05 / 0.0158124 + 0.02): 3x larger.
+    assert abs(dense.kernel.numpy()[0, 0] - (2 - 0.1 * (0.05 / (0.0158113883 + 1e-6) + 0.02))) > 0.2
+    np.testing.assert_allclose(optimizer.step_size_factor(), 0.316227766, rtol=1e-6)
+    np.testing.assert_allclose(optimizer.last_learning_rate(), 0.1, rtol=1e-7)
+
+
+def test_chainer_adam_three_clipped_steps_match_chainers_update_rule():
+    variables, decays = _toy_variables()
+    initial = [v.numpy() for v in variables]
+    grads_per_step = _random_gradients(variables, steps=3, scale=1.0)
+    optimizer = AdamWeightDecay(learning_rate=0.05, weight_decay_rate=0.1, epsilon=1e-6,
+                                bias_correction="step_size", global_clipnorm=1.0)
+    for grads in grads_per_step:
+        optimizer.apply([tf.constant(g) for g in grads], variables)
+    expected = _numpy_chainer_adam(initial, grads_per_step, decays, eta=0.05, weight_decay_rate=0.1, clip_norm=1.0)
+    for variable, value in zip(variables, expected):
+        np.testing.assert_allclose(variable.numpy(), value, rtol=1e-5, atol=2e-6, err_msg=variable.path)
+    # Standard AdamW differs from it (epsilon is scaled by the correction there): not the same rule.
+    other = _numpy_adam_weight_decay(initial, grads_per_step, decays, lr=0.05, weight_decay=0.1, clip_norm=1.0,
+                                     bias_correction=False)
+    assert max(np.abs(a - b).max() for a, b in zip(other, expected)) > 1e-2
+
+
+def test_step_size_factor_reproduces_the_published_lr_column():
+    """haradatm's train_dml-rt.log prints Chainer's optimizer.lr after 63 updates an epoch (1,000 / 16)."""
+    published = {1: 0.247480, 2: 0.344153, 3: 0.415080, 10: 0.683795, 100: 0.999084}
+    for epoch, value in published.items():
+        assert f"{step_size_factor(63 * epoch):.6f}" == f"{value:.6f}"
+    assert step_size_factor(0) == 0.0
+    with pytest.raises(ValueError, match="bias_correction"):
+        AdamWeightDecay(bias_correction="chainer")
 
 
 def test_global_norm_clipping_matches_numpy():

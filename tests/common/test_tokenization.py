@@ -307,3 +307,20 @@ def test_cached_word_by_word_tokenize_equals_the_reference_pipeline():
                          for piece in tokenizer.wordpiece_tokenizer.tokenize_word(word)]
             assert tokenizer.tokenize(text) == reference, repr(text)
             assert tokenizer.tokenize(text) == reference, repr(text)  # again, from the word cache
+
+
+def test_tokenize_chinese_chars_off_keeps_pre_segmented_japanese_words_whole():
+    """haradatm's BERT-DML tokenizer does not space ideographs: a Japanese word vocabulary (Kyoto
+    University's BERT) sees `道路`; Google's default (the switch on) sees `道`, `路`."""
+    words = ["一般", "道路", "を", "走行", "中", "、", "エンジン", "が", "停止", "した", "。", "道", "路"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, "##路"]
+    text = "一般 道路 を 走行 中 、 突然 エンジン が 停止 した 。"
+    whole = BertTokenizer(vocab, lowercase=False, tokenize_chinese_chars=False)
+    assert whole.tokenize(text) == ["一般", "道路", "を", "走行", "中", "、", "[UNK]", "エンジン", "が", "停止",
+                                    "した", "。"]
+    assert whole.tokenize("道路を") == ["[UNK]"]  # no split inside a word: 道路を is no vocabulary entry
+    split = BertTokenizer(vocab, lowercase=False)
+    assert split.tokenize_chinese_chars and not whole.tokenize_chinese_chars
+    assert split.tokenize("一般 道路 を")[:4] == ["[UNK]", "[UNK]", "道", "路"]
+    assert split.replace(tokenize_chinese_chars=False).tokenize(text) == whole.tokenize(text)
+    assert BasicTokenizer(tokenize_chinese_chars=False).tokenize("道路 ABC") == ["道路", "abc"]
