@@ -32,11 +32,11 @@ class LabeledTexts:
 
 
 def read_labeled_texts(path: str | os.PathLike, encoding: str = "utf-8", require_labels: bool = True,
-                       original_replacements: bool = True) -> LabeledTexts:
+                       original_replacements: bool = True, max_lines: int | None = None) -> LabeledTexts:
     """Reads `label<TAB>text` lines (blank lines are skipped, as in the original).
 
     With `require_labels=False` a line without a tab is an unlabeled text (label ""), as the
-    original extraction scripts allow.
+    original extraction scripts allow. `max_lines`: only the file's first lines (blank ones count).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -48,6 +48,8 @@ def read_labeled_texts(path: str | os.PathLike, encoding: str = "utf-8", require
     labels, texts, line_numbers = [], [], []
     with open(path, "rb") as handle:
         for line_number, raw in enumerate(handle, start=1):
+            if max_lines is not None and line_number > max_lines:
+                break
             try:
                 line = raw.decode(encoding)
             except UnicodeDecodeError as error:
@@ -87,6 +89,35 @@ def read_labeled_texts(path: str | os.PathLike, encoding: str = "utf-8", require
     return LabeledTexts(path, labels, texts, line_numbers)
 
 
+def read_label_file(path: str) -> list[str]:
+    """Labels in id order from our `labels.json` (a list) or the original's `labels.bin` (a pickled
+    {label: id} dict; read by an unpickler that builds nothing but plain values)."""
+    import io
+    import json
+    import pickle
+
+    if not os.path.isfile(path):
+        raise UserError(f"--label {path}: no such file")
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        class _PlainValues(pickle.Unpickler):
+            def find_class(self, module, name):
+                raise pickle.UnpicklingError(f"{module}.{name} is not a plain value")
+        try:
+            value = _PlainValues(io.BytesIO(raw)).load()
+        except Exception as error:
+            raise UserError(f"--label {path}: neither a JSON list of labels nor the original's pickled "
+                            f"labels.bin ({error})") from None
+    if isinstance(value, dict) and all(isinstance(index, int) for index in value.values()):
+        return [str(label) for label, _ in sorted(value.items(), key=lambda item: item[1])]
+    if isinstance(value, list):
+        return [str(label) for label in value]
+    raise UserError(f"--label {path}: expected a list of labels or a {{label: id}} mapping")
+
+
 def collect_labels(data: LabeledTexts) -> list[str]:
     """The distinct labels in order of first appearance (the original's label ids)."""
     return list(dict.fromkeys(data.labels))
@@ -118,9 +149,19 @@ def build_vocabulary(texts: Sequence[str], vocab_size: int = 8000, lowercase: bo
                                         tokenize_chinese_chars=tokenize_chinese_chars)
 
 
-def encode_texts(tokenizer: BertTokenizer, texts: Sequence[str], max_seq_length: int) -> dict[str, np.ndarray]:
-    """`[CLS] text [SEP]` features, int32 `[n, max_seq_length]` (zero-padded; batches trim them)."""
-    return tokenizer.encode_batch(list(texts), max_seq_length=max_seq_length)
+def encode_texts(tokenizer: BertTokenizer, texts: Sequence[str], max_seq_length: int,
+                 trailing_sep: bool = True) -> dict[str, np.ndarray]:
+    """`[CLS] text [SEP]` features (training), or `[CLS] text` (`trailing_sep=False`: the original's
+    extraction scripts), int32 `[n, max_seq_length]`, truncated and zero-padded (batches trim them)."""
+    if trailing_sep:
+        return tokenizer.encode_batch(list(texts), max_seq_length=max_seq_length)
+    features = {key: np.zeros((len(texts), max_seq_length), dtype=np.int32)
+                for key in ("input_ids", "input_mask", "segment_ids")}
+    for row, text in enumerate(texts):
+        ids = tokenizer.convert_tokens_to_ids([tokenizer.cls_token] + tokenizer.tokenize(text))[:max_seq_length]
+        features["input_ids"][row, :len(ids)] = ids
+        features["input_mask"][row, :len(ids)] = 1
+    return features
 
 
 def trim_to_longest(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

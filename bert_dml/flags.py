@@ -46,7 +46,8 @@ def define_training_flags(default_out: str, default_epochs: int) -> None:
     # Ours.
     flags.DEFINE_string("preset", None, "A local keras-hub / Hugging Face / Google BERT folder to start from.")
     flags.DEFINE_string("encoding", "utf-8", "Encoding of --train and --eval (e.g. cp1252).")
-    flags.DEFINE_integer("max_seq_length", 128, "Longest input in wordpieces, [CLS] and [SEP] included.")
+    flags.DEFINE_integer("max_seq_length", None, "Longest input in wordpieces, [CLS] and [SEP] included "
+                         "(default: the model's max_position_embeddings, as the original).")
     flags.DEFINE_integer("random_seed", 123, "Seed of sampling and shuffling.")
     flags.DEFINE_integer("vocab_size", 8000, "Size of the vocabulary learnt from --train (from scratch only).")
     flags.DEFINE_boolean("do_lower_case", True, "Lower-case and strip accents (ignored with --preset, which "

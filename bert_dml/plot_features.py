@@ -1,6 +1,6 @@
 r"""2-D t-SNE picture of a features file, points coloured by label (the original's `plot_features.py`).
 
-    python -m bert_dml.plot_features rt-dml-04-test.txt --out plot_rt-dml-04-test.png
+    python -m bert_dml.plot_features --input rt-dml-04-test.txt --output plot_rt-dml-04-test.png
 
 Wider features are reduced to 50 dimensions with PCA first. Japanese labels render with a CJK font
 when the machine has one (common.plotting finds it; otherwise a warning and boxes).
@@ -19,7 +19,9 @@ cli.quiet_tensorflow()
 
 from absl import flags  # noqa: E402
 
-flags.DEFINE_string("out", None, "PNG to write (default: the features file with .png).")
+flags.DEFINE_string("input", None, "The features file (the original's flag; or give it as the argument).")
+flags.DEFINE_string("output", None, "PNG to write (the original's flag; default: the features file with .png).")
+flags.DEFINE_string("out", None, "Same as --output.")
 flags.DEFINE_string("title", None, "Picture title (default: the file name).")
 flags.DEFINE_integer("samples", None, "Plot a stratified sample of this many items.")
 flags.DEFINE_integer("random_seed", 0, "Seed of t-SNE and of the sample.")
@@ -45,10 +47,13 @@ def plot_features_file(features_path: str, out: str, title: str | None = None, s
 
 
 def main(argv):
-    if len(argv) != 2:
-        raise cli.UserError("usage: python -m bert_dml.plot_features FEATURES.txt [--out plot.png]")
-    features_path = argv[1]
-    out = FLAGS.out or os.path.splitext(features_path)[0] + ".png"
+    paths = ([FLAGS.input] if FLAGS.input else []) + list(argv[1:])
+    if len(paths) != 1:
+        raise cli.UserError("usage: python -m bert_dml.plot_features --input FEATURES.txt [--output plot.png]")
+    if FLAGS.output and FLAGS.out and FLAGS.output != FLAGS.out:
+        raise cli.UserError("--output and --out name different files: give one")
+    features_path = paths[0]
+    out = FLAGS.output or FLAGS.out or os.path.splitext(features_path)[0] + ".png"
     print(plot_features_file(features_path, out, FLAGS.title, FLAGS.samples, FLAGS.random_seed))
 
 

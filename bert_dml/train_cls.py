@@ -28,9 +28,11 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    from bert_dml.flags import apply_gpu_flag
     from common.distribute import strategy_from_flags
     from bert_dml.training import train_classifier
 
+    apply_gpu_flag(FLAGS.gpu)
     train_classifier(FLAGS.train, FLAGS.eval, FLAGS.out, patience=FLAGS.patience or None,
                      max_train_examples=FLAGS.max_train_examples, strategy=strategy_from_flags(FLAGS),
                      **common_kwargs(FLAGS))

@@ -37,9 +37,11 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    from bert_dml.flags import apply_gpu_flag
     from common.distribute import strategy_from_flags
     from bert_dml.training import train_dml
 
+    apply_gpu_flag(FLAGS.gpu)
     train_dml(FLAGS.train, FLAGS.eval, FLAGS.out, mining=FLAGS.mining,
               triplets_per_epoch=FLAGS.triplets_per_epoch,
               eval_triplets_per_epoch=FLAGS.eval_triplets_per_epoch, margin=FLAGS.margin, eval_knn=FLAGS.eval_knn,

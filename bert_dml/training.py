@@ -77,7 +77,8 @@ def _build(strategy, train, evaluation, labels, max_seq_length, learnrate, weigh
         optimizer = AdamWeightDecay(EpochLinearDecay(learnrate, steps, epochs), weight_decay_rate=weightdecay,
                                     epsilon=1e-6, global_clipnorm=GRADIENT_CLIP_NORM,
                                     bias_correction=STEP_SIZE_CORRECTION if bias_correction else False)
-    max_seq_length = min(max_seq_length, setup.config.max_position_embeddings)
+    # The original truncates at the model's positions; batches are padded to their longest text only.
+    max_seq_length = min(max_seq_length or setup.config.max_position_embeddings, setup.config.max_position_embeddings)
     # The original's tokenizer keeps pre-segmented CJK words whole (Google's splits every ideograph).
     tokenizer = setup.tokenizer().replace(tokenize_chinese_chars=tokenize_chinese_chars)
     train_features = dml_data.encode_texts(tokenizer, train.texts, max_seq_length)
@@ -114,7 +115,7 @@ def train_dml(train_path: str, eval_path: str, out: str, *, batchsize: int = 64,
               learnrate: float = 5e-5, weightdecay: float = 0.01, preset: str | None = None,
               init_checkpoint: str | None = None, bert_config_file: str | None = None,
               vocab_file: str | None = None, mining: str = "random", encoding: str = "utf-8",
-              max_seq_length: int = 128, random_seed: int = 123,
+              max_seq_length: int | None = None, random_seed: int = 123,
               triplets_per_epoch: int = TRIPLETS_PER_EPOCH, eval_triplets_per_epoch: int | None = None,
               margin: float = MARGIN, vocab_size: int = 8000, lowercase: bool = True, eval_knn: bool = True,
               bias_correction: bool = True, tokenize_chinese_chars: bool = False, best_metric: str = "D/loss",
@@ -184,7 +185,7 @@ def _classification_batches(features, label_ids, order, batch_size):
 def train_classifier(train_path: str, eval_path: str, out: str, *, batchsize: int = 64, epochs: int = 10,
                      learnrate: float = 5e-5, weightdecay: float = 0.01, preset: str | None = None,
                      init_checkpoint: str | None = None, bert_config_file: str | None = None,
-                     vocab_file: str | None = None, encoding: str = "utf-8", max_seq_length: int = 128,
+                     vocab_file: str | None = None, encoding: str = "utf-8", max_seq_length: int | None = None,
                      random_seed: int = 123, vocab_size: int = 8000, lowercase: bool = True,
                      patience: int | None = 3, max_train_examples: int | None = None, bias_correction: bool = True,
                      tokenize_chinese_chars: bool = False,

@@ -40,13 +40,47 @@ def test_comparison_numbers_rank_separated_features_above_mixed_ones():
     assert good["silhouette"] > bad["silhouette"]
 
 
-def test_plot_with_japanese_labels(tmp_path):
+def test_plot_with_japanese_labels_draws_every_glyph(tmp_path):
+    """The legend's Japanese labels are drawn in a font that has their glyphs: any missing-glyph or
+    font-fallback warning while drawing is an error here (a box instead of a character)."""
+    import warnings
+
+    from matplotlib import font_manager
+
     from bert_dml.plot_features import plot_features_file
+    from common.plotting import project_2d, scatter_2d
 
     rng = np.random.default_rng(1)
     labels, features = planted(rng, separation=3.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figure = scatter_2d(project_2d(features, random_seed=0), labels=labels, title="制動装置 と エンジン")
+        figure.canvas.draw()
+    texts = [text for text in figure.findobj(lambda artist: hasattr(artist, "get_fontproperties")
+                                             and hasattr(artist, "get_text")) if text.get_text()]
+    drawn = {text.get_text(): text for text in texts}
+    assert {"エンジン", "制動装置", "制動装置 と エンジン"} <= set(drawn)
+    for string, text in drawn.items():
+        font_path = font_manager.findfont(text.get_fontproperties(), fallback_to_default=False)
+        charmap = font_manager.get_font(font_path).get_charmap()
+        missing = [char for char in string if not char.isspace() and ord(char) not in charmap]
+        assert not missing, (string, font_path, missing)
+
     path = tmp_path / "f.txt"
     with open(path, "w", encoding="utf-8") as handle:
         write_features(handle, labels, features)
     out = plot_features_file(str(path), str(tmp_path / "plot.png"))
     assert os.path.getsize(out) > 5000
+
+
+def test_plot_features_takes_the_originals_input_and_output_flags(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "f.txt"
+    with open(path, "w", encoding="utf-8") as handle:
+        write_features(handle, *planted(np.random.default_rng(2), separation=3.0))
+    result = subprocess.run([sys.executable, "-m", "bert_dml.plot_features", f"--input={path}",
+                             f"--output={tmp_path / 'result.png'}"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert os.path.getsize(tmp_path / "result.png") > 5000

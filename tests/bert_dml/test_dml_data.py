@@ -2,7 +2,8 @@
 
 import pytest
 
-from bert_dml.data import build_vocabulary, collect_labels, label_ids, read_labeled_texts
+from bert_dml.data import (build_vocabulary, collect_labels, encode_texts, label_ids, read_label_file,
+                           read_labeled_texts)
 from common.cli import UserError
 from common.tokenization import BertTokenizer
 
@@ -65,3 +66,31 @@ def test_vocabulary_from_pre_segmented_japanese_keeps_words_whole_as_the_origina
     # Google's tokenization (the switch on) would cut the ideographs apart.
     google = build_vocabulary(texts, vocab_size=120, lowercase=False, tokenize_chinese_chars=True)
     assert BertTokenizer(google, lowercase=False).tokenize("道路 を 走行")[:2] == ["道", "路"]
+
+
+def test_extraction_encoding_is_cls_and_text_truncated_and_max_lines(tmp_path):
+    tokenizer = BertTokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b", "c"])
+    training = encode_texts(tokenizer, ["a b c"], 4)
+    assert training["input_ids"].tolist() == [[2, 4, 5, 3]]  # [CLS] a b [SEP]: [SEP] kept when cut
+    extraction = encode_texts(tokenizer, ["a b", "a b c c c"], 4, trailing_sep=False)
+    assert extraction["input_ids"].tolist() == [[2, 4, 5, 0], [2, 4, 5, 6]]  # [CLS] text, cut at 4
+    assert extraction["input_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    path = write(tmp_path / "x.txt", b"0\ta\n\n1\tb\n0\tc\n")
+    assert read_labeled_texts(path, max_lines=3).texts == ["a", "b"]  # the original's --max_length
+
+
+def test_label_file_ours_or_the_originals_pickle(tmp_path):
+    import pickle
+
+    ours = tmp_path / "labels.json"
+    ours.write_text('["エンジン", "制動装置"]', encoding="utf-8")
+    assert read_label_file(str(ours)) == ["エンジン", "制動装置"]
+    original = tmp_path / "labels.bin"
+    original.write_bytes(pickle.dumps({"1": 1, "0": 0}))
+    assert read_label_file(str(original)) == ["0", "1"]
+    hostile = tmp_path / "hostile.bin"
+    hostile.write_bytes(pickle.dumps(tmp_path))  # builds an object: refused, nothing constructed
+    with pytest.raises(UserError, match="hostile.bin: neither a JSON list"):
+        read_label_file(str(hostile))
+    with pytest.raises(UserError, match="no such file"):
+        read_label_file(str(tmp_path / "missing.bin"))

@@ -53,7 +53,7 @@ def trained(tmp_path_factory):
         json.dump(TINY_CONFIG, handle)
     out = str(root / "dml")
     result = run_script("train_dml.py", f"--train={train}", f"--eval={evaluation}", f"--bert_config_file={config}",
-                        f"--out={out}", "--epoch=2", "--batchsize=32", "--learnrate=2e-3",
+                        f"--out={out}", "--epoch=2", "--batchsize=32", "--learnrate=1e-2",
                         "--triplets_per_epoch=960", "--max_seq_length=20", "--vocab_size=200", "--noprogress")
     assert result.returncode == 0, result.stderr[-3000:]
     return {"root": root, "train": train, "eval": evaluation, "config": config, "out": out, "stdout": result.stdout}
@@ -63,8 +63,10 @@ def trained(tmp_path_factory):
 def extracted(trained):
     """The trained model's features of the eval file, by the original's script name (stdout and a file)."""
     result = run_script("extruct_bert_metrics.py", f"--input={trained['eval']}", f"--model={trained['out']}",
-                        f"--label={trained['out']}/labels.json", "--batchsize=16", "--gpu=-1")
+                        f"--label={trained['out']}/labels.json", "-b", "16", "-g", "-1")
     assert result.returncode == 0, result.stderr[-3000:]
+    # --label honoured as the original: its ids, then the input's count and classes.
+    assert "# source: 60, class: 2, {'sports': 0, 'food': 1}" in result.stderr
     path = str(trained["root"] / "dml-features.txt")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(result.stdout)
@@ -80,13 +82,13 @@ def test_training_logs_like_the_original_and_writes_its_outputs(trained):
     assert [entry["epoch"] for entry in log] == [1, 2]
     # 960 triplets / 32 = 30 updates an epoch. Chainer's lr column: sqrt(1 - 0.999^t) / (1 - 0.9^t) after
     # t updates, hand-computed: t=30 -> sqrt(0.0295690) / 0.9576088 = 0.179569; t=60 -> 0.2413788 / 0.9982030.
-    # eta: the original's schedule, 2e-3 in epoch 1, lowered by 2e-3 / epochs after each epoch.
-    for epoch, (line, lr, eta) in enumerate(zip(lines, ["0.179569", "0.241813"], ["0.002000", "0.001000"]), 1):
+    # eta: the original's schedule, 1e-2 in epoch 1, lowered by 1e-2 / epochs after each epoch.
+    for epoch, (line, lr, eta) in enumerate(zip(lines, ["0.179569", "0.241813"], ["0.010000", "0.005000"]), 1):
         assert re.fullmatch(rf"\[  {epoch}\] T/loss=\d\.\d{{6}} T/acc1=0\.000000 T/acc2=0\.000000 T/sec= \d+\.\d{{6}} "
                             r"D/loss=\d\.\d{6} D/acc1=0\.000000 D/acc2=0\.000000 D/sec= \d+\.\d{6} "
                             rf"lr={lr} eta={eta} D/knn10=\d\.\d{{6}}", line), line
     # The log's rates are the optimizer's own (read after its last step), kept at full precision.
-    np.testing.assert_allclose([entry["eta"] for entry in log], [2e-3, 1e-3], rtol=1e-6)
+    np.testing.assert_allclose([entry["eta"] for entry in log], [1e-2, 5e-3], rtol=1e-6)
     np.testing.assert_allclose([entry["lr"] for entry in log],
                                [np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) for t in (30, 60)], rtol=1e-6)
     assert json.load(open(os.path.join(out, "labels.json"))) == ["sports", "food"]
@@ -127,6 +129,26 @@ def test_dml_features_separate_the_topics_much_better_than_before_training(train
 
 
 @pytest.mark.slow
+def test_extraction_feeds_cls_and_text_without_sep_as_the_original(trained, extracted):
+    from bert_dml.features import load_feature_model
+
+    features_fn, tokenizer, max_positions = load_feature_model("dml", model=trained["out"])
+    assert max_positions == TINY_CONFIG["max_position_embeddings"]  # the default truncation
+    text = open(trained["eval"], encoding="utf-8").readline().rstrip("\n").split("\t")[1]
+    ids = tokenizer.convert_tokens_to_ids(["[CLS]"] + tokenizer.tokenize(text))
+    with_sep = ids + tokenizer.convert_tokens_to_ids(["[SEP]"])
+
+    def features_of(token_ids):
+        batch = {"input_ids": np.array([token_ids], np.int32), "input_mask": np.ones((1, len(token_ids)), np.int32),
+                 "segment_ids": np.zeros((1, len(token_ids)), np.int32)}
+        return np.asarray(features_fn(batch))[0]
+
+    extracted_row = np.array([float(value) for value in extracted["stdout"].splitlines()[0].split("\t")[1:]])
+    np.testing.assert_allclose(extracted_row, features_of(ids), atol=2e-6)
+    assert np.abs(extracted_row - features_of(with_sep)).max() > 1e-3  # [SEP] would change the features
+
+
+@pytest.mark.slow
 def test_cluster_command_prints_the_metric_table(trained, extracted):
     features_path = extracted["path"]
     table = str(trained["root"] / "clusters.json")
@@ -147,13 +169,13 @@ def test_resume_continues_after_the_last_finished_epoch(trained):
     from bert_dml.training import train_dml
 
     printed = []
-    log = train_dml(trained["train"], trained["eval"], trained["out"], epochs=3, batchsize=32, learnrate=2e-3,
+    log = train_dml(trained["train"], trained["eval"], trained["out"], epochs=3, batchsize=32, learnrate=1e-2,
                     bert_config_file=trained["config"], max_seq_length=20, vocab_size=200,
                     triplets_per_epoch=960, noplot=True, progress=False, resume=trained["out"], start_epoch=3,
                     print_fn=printed.append)
     assert [entry["epoch"] for entry in log] == [1, 2, 3]
     # epoch 3 of 3 (3 x 30 updates in all): the restored optimizer continued its step count and schedule.
-    assert log[-1]["eta"] == pytest.approx(2e-3 / 3, rel=1e-5)
+    assert log[-1]["eta"] == pytest.approx(1e-2 / 3, rel=1e-5)
     assert log[-1]["lr"] == pytest.approx(np.sqrt(1 - 0.999 ** 90) / (1 - 0.9 ** 90), rel=1e-6)
     assert sum(line.startswith("[  3]") for line in printed) == 1
     assert not any(line.startswith("[  2]") for line in printed)

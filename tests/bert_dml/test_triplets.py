@@ -54,17 +54,21 @@ def test_semi_hard_mining_picks_the_closest_negative_farther_than_the_positive()
     np.testing.assert_allclose(np.asarray(chosen), [4.0])
 
 
-def test_mined_losses_replace_the_sampled_negative():
-    anchor = np.array([[0.0]], np.float32)
-    positive = np.array([[1.0]], np.float32)
-    negative = np.array([[3.0]], np.float32)  # easy: loss 0 with random mining
-    assert float(np.asarray(mined_triplet_losses(anchor, positive, negative, np.array([0]), np.array([1]),
-                                                 "random"))[0]) == 0.0
-    # In the batch, the positive (label 0) is not a negative; the negative at 3 is the only one: loss 0.
-    semi = np.asarray(mined_triplet_losses(anchor, positive, negative, np.array([0]), np.array([1]), "semi_hard"))
-    assert semi[0] == 0.0
+def test_semi_hard_mining_replaces_an_easy_sampled_negative_by_another_triplets_item():
+    # Triplet 0: anchor 0 (label 0), positive 1 (d^2 = 1), sampled negative 3 (d^2 = 9): easy, loss 0.
+    # Triplet 1 (label 1) puts its anchor at 1.05: d^2 = 1.1025 from anchor 0, just beyond the positive,
+    # so semi-hard mining takes it: 1 - 1.1025 + 0.2 = 0.0975. Triplet 1 itself: d(a,p) = 0.15^2 = 0.0225;
+    # its farther negatives are 0.5 (0.3025) and 0 (1.1025): 0.0225 - 0.3025 + 0.2 < 0, loss 0 either way.
+    anchor = np.array([[0.0], [1.05]], np.float32)
+    positive = np.array([[1.0], [1.2]], np.float32)
+    negative = np.array([[3.0], [0.5]], np.float32)
+    anchor_labels, negative_labels = np.array([0, 1]), np.array([1, 0])
+    random = np.asarray(mined_triplet_losses(anchor, positive, negative, anchor_labels, negative_labels, "random"))
+    semi = np.asarray(mined_triplet_losses(anchor, positive, negative, anchor_labels, negative_labels, "semi_hard"))
+    np.testing.assert_allclose(random, [0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(semi, [0.0975, 0.0], atol=1e-5)
     with pytest.raises(ValueError, match="unknown mining"):
-        mined_triplet_losses(anchor, positive, negative, np.array([0]), np.array([1]), "hardest")
+        mined_triplet_losses(anchor, positive, negative, anchor_labels, negative_labels, "hardest")
 
 
 def test_knn_accuracy_hand_computed():
