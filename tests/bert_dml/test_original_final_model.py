@@ -32,5 +32,5 @@ def test_extraction_reads_the_originals_final_model(tmp_path):
                                         vocab_file=str(tmp_path / "vocab.txt"))
     assert labels == ["0", "1", "0"] and features.shape == (3, 512)
     loaded = model_source.load(tmp_path / "final.model", heads=("output",))  # config and vocab beside it
-    encoded = dml_data.encode_texts(loaded.tokenizer, texts, 128)
+    encoded = dml_data.encode_texts(loaded.tokenizer, texts, 128, trailing_sep=False)  # the original: [CLS] text
     np.testing.assert_allclose(features, np.asarray(network(encoded, training=False)), atol=1e-5)
