@@ -11,8 +11,11 @@ Pooling follows `bert-as-service` (hanxiao/bert-as-service, `graph.py` and its `
   only; padding never enters. `CLS_TOKEN` is position 0, `SEP_TOKEN` the last real token's vector.
   `NONE` returns every position, padding zeroed.
 - `mask_cls_sep` drops [CLS] and [SEP] from the reductions and zeroes them for `NONE`; the
-  `CLS_TOKEN`/`SEP_TOKEN` strategies keep their token, as bert-as-service documents. (Its code also
-  hid them from attention, a side effect of reusing the input mask; here attention is unchanged.)
+  `CLS_TOKEN`/`SEP_TOKEN` strategies keep their token, as bert-as-service documents.
+  `SentenceEncoder(mask_cls_sep_in_attention=True)` also zeroes their input mask, so attention hides
+  them too, as bert-as-service's code does (it builds the input mask with 0 at [CLS]/[SEP]).
+- `SentenceEncoder(layer_indexing="encoder_blocks")` counts non-negative layers as bert-as-service's
+  `all_encoder_layers` (0 = the first block's output); the default indexes `hidden_states` (0 = embeddings).
 
 `SentenceEncoder.from_folder` also reads a sentence-transformers folder's own settings
 (`modules.json`, `1_Pooling/config.json`, `sentence_bert_config.json`), so the all-MiniLM-L6-v2
@@ -179,36 +182,118 @@ def read_sentence_transformers_settings(folder: str | os.PathLike) -> dict:
 # ---- batched sentence encoding ---------------------------------------------------------------
 
 _FEATURE_SPEC = tf.TensorSpec([None, None], tf.int32)
+LAYER_INDEXINGS = ("hidden_states", "encoder_blocks")
+
+# Where a text may be cut without changing the tokens before the cut: the tokenizer splits words at
+# whitespace, punctuation and (unless told not to) around every CJK ideograph, and tokenizes each piece
+# alone. Missing a boundary is safe (a cut is only made at one found), so astral punctuation is left out.
+_BOUNDARIES: dict[bool, np.ndarray] = {}
+_LONGEST_RUN = 10_000  # characters kept of one boundary-free run (one word: [UNK] beyond 100 characters)
+_WINDOW = 1 << 16
+
+
+def _boundary_table(split_cjk: bool) -> np.ndarray:
+    """bool [0x110000]: True at code points where a text may be cut."""
+    if split_cjk not in _BOUNDARIES:
+        import unicodedata
+
+        from common.tokenization import _CJK_RANGES
+
+        table = np.zeros(0x110000, bool)
+        table[[code for code in range(0x10000) if unicodedata.category(chr(code))[0] in "PZ"]] = True
+        for low, high in ((9, 10), (13, 13), (32, 47), (58, 64), (91, 96), (123, 126)):
+            table[low:high + 1] = True
+        if split_cjk:
+            for low, high in _CJK_RANGES:
+                table[low:high + 1] = True
+        _BOUNDARIES[split_cjk] = table
+    return _BOUNDARIES[split_cjk]
+
+
+def _next_boundary(text: str, start: int, stop: int, table: np.ndarray) -> int | None:
+    """The first index in [start, stop) of a boundary character, or None."""
+    for low in range(start, min(stop, len(text)), _WINDOW):
+        high = min(low + _WINDOW, stop, len(text))
+        codes = np.frombuffer(text[low:high].encode("utf-32-le", "surrogatepass"), np.uint32)
+        hits = np.flatnonzero(table[codes])
+        if hits.size:
+            return low + int(hits[0])
+    return None
+
+
+def tokenize_prefix(tokenizer, text: str, max_tokens: int) -> list[str]:
+    """The first `max_tokens` wordpieces of `text`, tokenizing only as much of it as they need (a text of
+    megabytes costs what its first words cost). Equal to `tokenizer.tokenize(text)[:max_tokens]`, except
+    that a run of more than 10,000 characters without whitespace, punctuation or CJK counts as 10,000
+    (it is one word: [UNK] either way, unless nearly all of it is control characters or accents)."""
+    step = 4 * max_tokens + 64
+    if len(text) <= step:
+        return tokenizer.tokenize(text)[:max_tokens]
+    table = _boundary_table(bool(getattr(tokenizer, "tokenize_chinese_chars", True)))
+    tokens, position = [], 0
+    while position < len(text) and len(tokens) < max_tokens:
+        cut = position + step
+        step *= 2
+        if cut >= len(text):
+            tokens += tokenizer.tokenize(text[position:])
+            break
+        # Pieces cut after a boundary character tokenize as the whole does.
+        boundary = _next_boundary(text, cut, cut + _LONGEST_RUN, table)
+        if boundary is not None:
+            tokens += tokenizer.tokenize(text[position:boundary + 1])
+            position = boundary + 1
+        else:  # a long run: its first 10,000 characters stand for it; go on at the next boundary
+            tokens += tokenizer.tokenize(text[position:cut + _LONGEST_RUN])
+            boundary = _next_boundary(text, cut + _LONGEST_RUN, len(text), table)
+            position = len(text) if boundary is None else boundary
+    return tokens[:max_tokens]
 
 
 class SentenceEncoder:
     """Texts -> float32 NumPy embeddings, in batches sorted by length, each padded to its own longest text.
 
-    A text is a string or an `(a, b)` pair (`[CLS] a [SEP] b [SEP]`, segment ids 0/1). Only the blocks up
-    to the deepest pooled layer run (the vectors are the same; `skip_unused_layers=False` runs all).
-    One traced graph serves every batch shape (the signature is `[None, None]`), so the default pads no
-    further; `pad_to_multiple_of` rounds batch lengths up where distinct shapes cost (XLA, `jit_compile`).
+    A text is a string, a list of wordpieces (already tokenized; unknown ones count as [UNK]) or an
+    `(a, b)` pair of those (`[CLS] a [SEP] b [SEP]`, segment ids 0/1). Texts are truncated to
+    `max_seq_length` tokens ([CLS]/[SEP] included; None: the encoder's positions) before most of a long
+    text is tokenized. Only the blocks up to the deepest pooled layer run (the vectors are the same;
+    `skip_unused_layers=False` runs all). One traced graph serves every batch shape (the signature is
+    `[None, None]`), so the default pads no further; `pad_to_multiple_of` rounds batch lengths up where
+    distinct shapes cost (XLA, `jit_compile`).
     """
 
     def __init__(self, encoder, tokenizer, pooling: str = "REDUCE_MEAN", layers=(-1,), normalize: bool = False,
-                 max_seq_length: int = 128, batch_size: int = 64, mask_cls_sep: bool = False,
+                 max_seq_length: int | None = 128, batch_size: int = 64, mask_cls_sep: bool = False,
                  lowercase_text: bool = False, skip_unused_layers: bool = True, pad_to_multiple_of: int = 1,
-                 jit_compile: bool = False):
+                 jit_compile: bool = False, layer_indexing: str = "hidden_states",
+                 mask_cls_sep_in_attention: bool = False):
         self.encoder = encoder
         self.tokenizer = tokenizer
         self.pooling = check_strategy(pooling)
         num_blocks = encoder.config.num_hidden_layers
         self.layers = tuple(_as_layer_list(layers))
-        self._absolute_layers = absolute_layers(self.layers, num_blocks + 1)
+        if layer_indexing not in LAYER_INDEXINGS:
+            raise ValueError(f"layer_indexing must be one of {', '.join(LAYER_INDEXINGS)}, got {layer_indexing!r}")
+        self.layer_indexing = layer_indexing
+        if layer_indexing == "encoder_blocks":
+            # bert-as-service indexes `all_encoder_layers` (the blocks' outputs): i >= 0 is hidden state i + 1.
+            for layer in self.layers:
+                if not -num_blocks <= layer < num_blocks:
+                    raise ValueError(f"pooling layer {layer} is outside the encoder's {num_blocks} blocks "
+                                     f"(0 = the first block, -1 = the last)")
+            self._absolute_layers = [layer + 1 if layer >= 0 else layer + num_blocks + 1 for layer in self.layers]
+        else:
+            self._absolute_layers = absolute_layers(self.layers, num_blocks + 1)
         self.normalize = bool(normalize)
         limit = encoder.config.max_position_embeddings
-        if not 2 <= max_seq_length <= limit:
+        self.max_seq_length = None if max_seq_length is None else int(max_seq_length)
+        if self.max_seq_length is not None and not 2 <= self.max_seq_length <= limit:
             raise ValueError(f"max_seq_length={max_seq_length} must be in 2..{limit} (the encoder's positions)")
-        self.max_seq_length = int(max_seq_length)
+        self.truncate_to = limit if self.max_seq_length is None else self.max_seq_length
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive (got {batch_size})")
         self.batch_size = int(batch_size)
         self.mask_cls_sep = bool(mask_cls_sep)
+        self.mask_cls_sep_in_attention = bool(mask_cls_sep_in_attention)
         self.lowercase_text = bool(lowercase_text)
         self.pad_to_multiple_of = max(1, int(pad_to_multiple_of))
         self.num_layers = max(self._absolute_layers) if skip_unused_layers else num_blocks
@@ -242,29 +327,47 @@ class SentenceEncoder:
         return 2 * width if self.pooling == "REDUCE_MEAN_MAX" else width
 
     def _embed_batch(self, input_ids, input_mask, segment_ids):
-        outputs = self.encoder({"input_ids": input_ids, "input_mask": input_mask, "segment_ids": segment_ids},
+        model_mask = input_mask
+        if self.mask_cls_sep_in_attention:
+            special = _cls_sep_positions(input_mask, segment_ids)
+            model_mask = input_mask * (1 - tf.cast(special, input_mask.dtype))
+        outputs = self.encoder({"input_ids": input_ids, "input_mask": model_mask, "segment_ids": segment_ids},
                                training=False, num_layers=self.num_layers)
         pooled = pool(outputs["hidden_states"], input_mask, self.pooling, layers=self._absolute_layers,
-                      mask_cls_sep=self.mask_cls_sep, segment_ids=segment_ids)
+                      mask_cls_sep=self.mask_cls_sep or self.mask_cls_sep_in_attention, segment_ids=segment_ids)
         return l2_normalize(pooled) if self.normalize and self.pooling != "NONE" else pooled
+
+    def _tokens(self, side, budget: int) -> list[str]:
+        if isinstance(side, str):
+            if self.lowercase_text:
+                side = side.lower()
+            return tokenize_prefix(self.tokenizer, side, budget)
+        return list(side[:budget])
 
     def featurize(self, texts: Sequence) -> list[tuple[list[int], list[int]]]:
         """Each text -> (ids, segment ids) without padding, truncated to `max_seq_length`."""
         rows = []
         for index, text in enumerate(texts):
-            if isinstance(text, str):
+            if isinstance(text, str) or _is_token_list(text):
                 text_a, text_b = text, None
-            elif isinstance(text, (tuple, list)) and len(text) == 2 and all(isinstance(t, str) for t in text):
+            elif (isinstance(text, (tuple, list)) and len(text) == 2
+                  and all(isinstance(t, str) or _is_token_list(t) for t in text)):
                 text_a, text_b = text
             else:
-                raise TypeError(f"text {index} is {type(text).__name__}, not a string or an (a, b) pair of strings")
-            if self.lowercase_text:
-                text_a, text_b = text_a.lower(), (None if text_b is None else text_b.lower())
-            tokens_b = None if text_b is None else self.tokenizer.tokenize(text_b)
-            features = self.tokenizer.encode_tokens(self.tokenizer.tokenize(text_a), tokens_b, self.max_seq_length)
+                raise TypeError(f"text {index} is {type(text).__name__}, not a string, a list of tokens or an "
+                                f"(a, b) pair of those")
+            budget = self.truncate_to - (2 if text_b is None else 3)
+            tokens_b = None if text_b is None else self._tokens(text_b, budget)
+            features = self.tokenizer.encode_tokens(self._tokens(text_a, budget), tokens_b, self.truncate_to)
             length = sum(features["input_mask"])
             rows.append((features["input_ids"][:length], features["segment_ids"][:length]))
         return rows
+
+    def output_length(self, rows) -> int:
+        """Positions of a NONE output for these rows: `max_seq_length`, or the longest row when it is None."""
+        if self.max_seq_length is not None:
+            return self.max_seq_length
+        return max((len(ids) for ids, _ in rows), default=0)
 
     def batches(self, rows):
         """(indices, input_ids, input_mask, segment_ids) per batch, longest texts first."""
@@ -272,7 +375,7 @@ class SentenceEncoder:
         for start in range(0, len(order), self.batch_size):
             indices = order[start:start + self.batch_size]
             longest = len(rows[indices[0]][0])
-            length = min(-(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of, self.max_seq_length)
+            length = min(-(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of, self.truncate_to)
             input_ids = np.zeros((len(indices), length), np.int32)
             segment_ids = np.zeros_like(input_ids)
             input_mask = np.zeros_like(input_ids)
@@ -283,13 +386,12 @@ class SentenceEncoder:
                 input_mask[row, :len(ids)] = 1
             yield indices, input_ids, input_mask, segment_ids
 
-    def encode(self, texts: Sequence, progress: bool = False) -> np.ndarray:
-        """float32 `[n, width]` in the input order (`[n, max_seq_length, width]` for NONE, zero-padded)."""
-        if isinstance(texts, str):
-            raise TypeError("encode takes a sequence of texts, not one string")
-        rows = self.featurize(texts)
+    def encode_rows(self, rows, progress: bool = False, output_length: int | None = None) -> np.ndarray:
+        """`featurize`d rows -> float32 `[n, width]` (`[n, output_length, width]` for NONE, zero-padded;
+        default `self.output_length(rows)`)."""
         if self.pooling == "NONE":
-            result = np.zeros((len(rows), self.max_seq_length, self.width), np.float32)
+            length = self.output_length(rows) if output_length is None else output_length
+            result = np.zeros((len(rows), length, self.width), np.float32)
         else:
             result = np.zeros((len(rows), self.width), np.float32)
         batches = self.batches(rows)
@@ -304,7 +406,18 @@ class SentenceEncoder:
                 result[indices] = pooled
         return result
 
+    def encode(self, texts: Sequence, progress: bool = False) -> np.ndarray:
+        """float32 `[n, width]` in the input order (`[n, max_seq_length, width]` for NONE, zero-padded; the
+        longest text's length when `max_seq_length` is None)."""
+        if isinstance(texts, str):
+            raise TypeError("encode takes a sequence of texts, not one string")
+        return self.encode_rows(self.featurize(texts), progress=progress)
+
     __call__ = encode
+
+
+def _is_token_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(token, str) for token in value)
 
 
 # ---- SavedModel export -----------------------------------------------------------------------
@@ -344,7 +457,7 @@ def export_saved_model(encoder, export_dir: str | os.PathLike, pooling: str | No
     if sentence_encoder is not None:
         encoder = sentence_encoder.encoder
         pooling = sentence_encoder.pooling if pooling is None else pooling
-        layers = sentence_encoder.layers if layers is None else layers
+        layers = sentence_encoder._absolute_layers if layers is None else layers  # hidden_states indices
         normalize = sentence_encoder.normalize if normalize is None else normalize
         mask_cls_sep = sentence_encoder.mask_cls_sep if mask_cls_sep is None else mask_cls_sep
         if vocab_file is None:

@@ -135,20 +135,27 @@ def save_figure(figure, path: str | os.PathLike, dpi: int = 150) -> str:
 # ---- projection ------------------------------------------------------------------------------
 
 def project_2d(features, method: str = "tsne", pca_dims: int = 50, random_seed: int = 0,
-               perplexity: float = 30.0, num_threads: int | None = None) -> np.ndarray:
+               perplexity: float = 30.0, num_threads: int | None = None, learning_rate="auto",
+               max_iter: int | None = None, init: str = "pca", cap_perplexity: bool = True) -> np.ndarray:
     """`[n, d]` features -> `[n, 2]` float32: t-SNE after PCA to `pca_dims` when wider (as the papers'
     scripts do), or plain PCA with `method="pca"`. Deterministic for a seed. `num_threads` caps
     scikit-learn's OpenMP/BLAS threads; None means 1 up to 2,000 points (there threads save little and,
-    on a busy machine, their spinning made t-SNE 25x slower) and no cap above."""
+    on a busy machine, their spinning made t-SNE 25x slower) and no cap above. `learning_rate`,
+    `max_iter` (None: scikit-learn's 1,000) and `init` are TSNE's. The perplexity is capped at a third
+    of the points; with `cap_perplexity=False` it is used as given unless scikit-learn refuses it
+    (perplexity >= points)."""
     from threadpoolctl import threadpool_limits
 
     if num_threads is None and len(features) <= 2000:
         num_threads = 1
+    tsne_settings = dict(perplexity=perplexity, learning_rate=learning_rate, max_iter=max_iter, init=init,
+                         cap_perplexity=cap_perplexity)
     with threadpool_limits(limits=num_threads):
-        return _project_2d(features, method, pca_dims, random_seed, perplexity)
+        return _project_2d(features, method, pca_dims, random_seed, **tsne_settings)
 
 
-def _project_2d(features, method, pca_dims, random_seed, perplexity) -> np.ndarray:
+def _project_2d(features, method, pca_dims, random_seed, perplexity, learning_rate, max_iter, init,
+                cap_perplexity) -> np.ndarray:
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
@@ -170,9 +177,11 @@ def _project_2d(features, method, pca_dims, random_seed, perplexity) -> np.ndarr
     if width > pca_dims:
         features = PCA(n_components=min(pca_dims, count), random_state=random_seed).fit_transform(features)
     # sklearn requires perplexity < n; keep it a third of the points for small sets.
-    perplexity = min(perplexity, max(1.0, (count - 1) / 3))
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
-                random_state=random_seed)
+    if cap_perplexity or perplexity >= count:
+        perplexity = min(perplexity, max(1.0, (count - 1) / 3))
+    extra = {} if max_iter is None else {"max_iter": max_iter}
+    tsne = TSNE(n_components=2, perplexity=perplexity, init=init, learning_rate=learning_rate,
+                random_state=random_seed, **extra)
     return tsne.fit_transform(features).astype(np.float32)
 
 

@@ -1,11 +1,12 @@
-r"""The embedding map of danmaku terms: PCA to 50 dimensions, then t-SNE to 2-D, one labelled scatter.
+r"""The embedding map of danmaku terms as the seed draws it: PCA to 50 dimensions, then t-SNE (perplexity 45,
+learning rate 100, 2,000 iterations) to 2-D, one labelled scatter per model, side by side.
 
     python -m danmaku.danmaku_similarity --terms terms.txt --out map.png --model_dir chinese_L-12_H-768_A-12 \
         --compare_model_dir danmaku_model          # before / after continued pre-training, side by side
     python -m danmaku.danmaku_similarity --terms terms.txt --out map.png --port 8125   # via a running server
 
 `terms.txt`: one term a line, optionally `term<TAB>group` (groups get colours and a legend); blank
-lines are skipped. Without `--model_dir` the terms are encoded by the server at `--ip:--port`
+lines are skipped. Without `--terms`: the seed's 92 terms (`danmaku/seed_terms.txt`). Without `--model_dir` the terms are encoded by the server at `--ip:--port`
 (`danmaku.serve`, whatever pooling it was started with). With `--model_dir` they are encoded here
 with bert-as-service's pooling (`--pooling_strategy`, `--pooling_layer`, default the seed's -1).
 """
@@ -24,11 +25,13 @@ cli.quiet_tensorflow()
 from absl import flags  # noqa: E402
 
 from common.cli import UserError  # noqa: E402
-from danmaku.similarity import client_encode_fn, draw_similarity_map, local_encode_fn, read_terms  # noqa: E402
+from danmaku.similarity import (SEED_TERMS_FILE, client_encode_fn, draw_similarity_map,  # noqa: E402
+                                local_encode_fn, read_terms)
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("terms", None, "Terms file: one term a line, optionally 'term<TAB>group'.")
+flags.DEFINE_string("terms", None, "Terms file: one term a line, optionally 'term<TAB>group' (default: the "
+                    "seed's 92 terms, danmaku/seed_terms.txt).")
 flags.DEFINE_string("out", "danmaku_similarity.png", "Output PNG.")
 flags.DEFINE_string("model_dir", None, "Model folder to encode with here (else: the server at --ip:--port).")
 flags.DEFINE_string("tuned_model_dir", None, "As danmaku.serve: weights from here, config and vocab from --model_dir.")
@@ -49,13 +52,14 @@ flags.DEFINE_integer("timeout", 60000, "Client timeout in milliseconds.")
 flags.DEFINE_enum("method", "tsne", ["tsne", "pca"], "2-D projection: t-SNE after PCA, or PCA only.")
 flags.DEFINE_integer("pca_dims", 50, "PCA dimensions before t-SNE.")
 flags.DEFINE_integer("random_seed", 0, "Seed of the projection.")
+flags.DEFINE_float("perplexity", 45.0, "t-SNE perplexity (the seed's 45).")
+flags.DEFINE_float("learning_rate", 100.0, "t-SNE learning rate (the seed's 100).")
+flags.DEFINE_integer("max_iter", 2000, "t-SNE iterations (the seed's 2,000).")
 
 
 def main(argv):
     del argv
-    if not FLAGS.terms:
-        raise UserError("--terms is required")
-    terms, groups = read_terms(FLAGS.terms)
+    terms, groups = read_terms(FLAGS.terms or SEED_TERMS_FILE)
     panels = []
     if FLAGS.model_dir:
         layers = [int(layer) for layer in FLAGS.pooling_layer]
@@ -74,7 +78,9 @@ def main(argv):
             raise UserError("--compare_model_dir needs --model_dir (the first model) as well")
         panels.append((FLAGS.title or f"server {FLAGS.ip}:{FLAGS.port}",
                        client_encode_fn(FLAGS.ip, FLAGS.port, FLAGS.timeout)))
-    path = draw_similarity_map(terms, groups, FLAGS.out, panels, FLAGS.method, FLAGS.pca_dims, FLAGS.random_seed)
+    tsne = dict(perplexity=FLAGS.perplexity, learning_rate=FLAGS.learning_rate, max_iter=FLAGS.max_iter)
+    path = draw_similarity_map(terms, groups, FLAGS.out, panels, FLAGS.method, FLAGS.pca_dims, FLAGS.random_seed,
+                               tsne)
     print(f"wrote {path} ({len(terms)} terms, {len(panels)} map(s))")
 
 

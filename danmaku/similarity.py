@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Sequence
 
 import numpy as np
 from absl import logging
 
 from common.cli import UserError
+
+# The seed's term list (Danmaku_similarity.py `return_message_list`) and its projection: PCA to 50
+# dimensions, then scikit-learn's TSNE(learning_rate=100, perplexity=45, n_iter=2000, random_state=0)
+# with that release's default random initialisation.
+SEED_TERMS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seed_terms.txt")
+SEED_TSNE = dict(perplexity=45.0, learning_rate=100.0, max_iter=2000, init="random")
 
 
 def read_terms(path: str) -> tuple[list[str], list[str] | None]:
@@ -52,7 +59,7 @@ def local_encode_fn(model_dir: str, tuned_model_dir: str | None = None, ckpt_nam
     loaded = model_source.load(model_dir, weights=tuned_model_dir, ckpt_name=ckpt_name)
     try:
         encoder = SentenceEncoder(loaded.encoder, loaded.tokenizer, pooling=pooling_strategy,
-                                  layers=tuple(int(layer) for layer in pooling_layer),
+                                  layers=tuple(int(layer) for layer in pooling_layer), layer_indexing="encoder_blocks",
                                   max_seq_length=min(max_seq_len, loaded.config.max_position_embeddings))
     except ValueError as error:
         raise UserError(str(error)) from None
@@ -74,8 +81,11 @@ def client_encode_fn(ip: str, port: int, timeout_ms: int) -> Callable[[list[str]
 
 def draw_similarity_map(terms: Sequence[str], groups: Sequence[str] | None, out: str,
                         panels: Sequence[tuple[str, Callable[[list[str]], np.ndarray]]], method: str = "tsne",
-                        pca_dims: int = 50, random_seed: int = 0) -> str:
-    """One scatter per (title, encode_fn) panel, side by side, in one PNG; returns its path."""
+                        pca_dims: int = 50, random_seed: int = 0, tsne: dict | None = None) -> str:
+    """One scatter per (title, encode_fn) panel, side by side, in one PNG; returns its path. `tsne`:
+    t-SNE settings (default the seed's, `SEED_TSNE`; a perplexity not below the number of terms is
+    lowered to a third of them, as scikit-learn refuses it)."""
+    tsne = {**SEED_TSNE, **(tsne or {})}
     from common.plotting import new_figure, project_2d, save_figure, scatter_2d
 
     figure, axes = new_figure(1, len(panels), size=(8.0 * len(panels), 7.5))
@@ -85,6 +95,7 @@ def draw_similarity_map(terms: Sequence[str], groups: Sequence[str] | None, out:
         if vectors.ndim != 2:
             raise UserError(f"{title}: expected one vector per term, got shape {vectors.shape} "
                             "(pooling NONE gives one per token)")
-        points = project_2d(vectors, method=method, pca_dims=pca_dims, random_seed=random_seed)
+        points = project_2d(vectors, method=method, pca_dims=pca_dims, random_seed=random_seed,
+                            cap_perplexity=False, **tsne)
         scatter_2d(points, labels=groups, texts=list(terms), ax=ax, title=title)
     return save_figure(figure, out)

@@ -19,6 +19,7 @@ from common.embeddings import (
     l2_normalize,
     pool,
     read_sentence_transformers_settings,
+    tokenize_prefix,
 )
 from common.encoder import BertEncoder
 from common.tokenization import BertTokenizer
@@ -167,6 +168,51 @@ def test_pairs_none_pooling_and_normalisation(tiny_encoder):
         SentenceEncoder(encoder, tokenizer, max_seq_length=16).encode(["fine", 3])
     with pytest.raises(ValueError, match="max_seq_length"):
         SentenceEncoder(encoder, tokenizer, max_seq_length=64)
+
+
+def test_long_texts_are_cut_before_tokenizing_and_the_tokens_are_the_same(tiny_encoder):
+    _, tokenizer = tiny_encoder
+    rng = np.random.default_rng(0)
+    pieces = ["the", "cat", "sat", "on", "mat", "dogs", "!", ",", "\u8349", " ", " ", "\n", "\u00e9", "x" * 150]
+    for _ in range(200):
+        text = "".join(rng.choice(pieces, size=int(rng.integers(1, 600))))
+        count = int(rng.integers(1, 40))
+        assert tokenize_prefix(tokenizer, text, count) == tokenizer.tokenize(text)[:count]
+    seen = []
+
+    class Recording(BertTokenizer):
+        def tokenize(self, text):
+            seen.append(len(text))
+            return super().tokenize(text)
+
+    recording = Recording(VOCAB, lowercase=True)
+    for text in ("the cat " * 2_000_000, "x" * 16_000_000, "\u00e9" * 1_000_000 + " the cat"):
+        tokens = tokenize_prefix(recording, text, 30)
+        assert tokens == (["the", "cat"] * 15 if text.startswith("the") else
+                          ["[UNK]"] if text.startswith("x") else ["[UNK]", "the", "cat"])
+    assert max(seen) < 20_000  # only prefixes (and the first 10,000 characters of a run) were tokenized
+
+
+def test_bert_as_service_layer_indexing_and_mask_cls_sep_in_attention(tiny_encoder):
+    encoder, tokenizer = tiny_encoder
+    features = tokenizer.encode_batch(TEXTS[:2], max_seq_length=16)
+    states = encoder(features, training=False)["hidden_states"]
+    blocks = SentenceEncoder(encoder, tokenizer, layers=(0, -1), layer_indexing="encoder_blocks", max_seq_length=16)
+    expected = pool(states, features["input_mask"], "REDUCE_MEAN", layers=(1, 3)).numpy()  # block 0 = state 1
+    np.testing.assert_allclose(blocks.encode(TEXTS[:2]), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="outside the encoder's 3 blocks"):
+        SentenceEncoder(encoder, tokenizer, layers=(3,), layer_indexing="encoder_blocks")
+    # Hidden from attention: the states change; pooled over the other tokens only.
+    hidden = SentenceEncoder(encoder, tokenizer, pooling="NONE", mask_cls_sep_in_attention=True, max_seq_length=16)
+    only_pooling = SentenceEncoder(encoder, tokenizer, pooling="NONE", mask_cls_sep=True, max_seq_length=16)
+    first, second = hidden.encode(TEXTS[:2]), only_pooling.encode(TEXTS[:2])
+    assert not first[:, 0].any() and not second[:, 0].any()
+    assert np.abs(first - second).max() > 1e-3
+    mask = features["input_mask"].copy()
+    mask[:, 0] = 0
+    mask[np.arange(2), features["input_mask"].sum(1) - 1] = 0
+    masked_states = encoder({**features, "input_mask": mask}, training=False)["hidden_states"]
+    np.testing.assert_allclose(first, masked_states[-1].numpy() * mask[:, :, None], atol=1e-5)
 
 
 def test_sentence_transformers_settings_are_read(tmp_path):
