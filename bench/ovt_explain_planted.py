@@ -106,7 +106,7 @@ def score(cls_dir: str, data: dict, seed: int) -> dict:
         scores["popularity"].append(precision_at_k(
             np.asarray([data["popularity"][p] for p in programmes], float), planted, k))
         scores["chance"].append(float(np.mean(planted)))
-    return {name: (float(np.mean(values)) if values else float("nan")) for name, values in scores.items()} | {
+    return {name: (float(np.mean(values)) if values else None) for name, values in scores.items()}, {
         "scored_users": len(scores["flow"]), "viewed_test_users": len(viewed)}
 
 
@@ -145,14 +145,14 @@ def main(argv):
             results = fine_tune(cls_config, progress=False)
             finetune_seconds = time.perf_counter() - started
             started = time.perf_counter()
-            precision = score(cls_config["output_dir"], data, seed)
+            precision, counts = score(cls_config["output_dir"], data, seed)
             test = results.get("test", {})
             run = {"bench": "ovt_explain_planted_run", "seed": seed, "setting": setting,
                    "mlm_accuracy": round(pre["eval_history"][-1]["masked_lm_accuracy"], 4) if pre["eval_history"] else None,
                    "test_macro_f1": round(test.get("macro_f1", float("nan")), 4),
                    "test_roc_auc": round(test.get("roc_auc", float("nan")), 4),
-                   **{f"p@{FLAGS.k}_{name}": round(value, 4) if isinstance(value, float) else value
-                      for name, value in precision.items()},
+                   **{f"p@{FLAGS.k}_{name}": round(value, 4) if value is not None else None
+                      for name, value in precision.items()}, **counts,
                    "pretrain_s": round(pretrain_seconds, 1), "finetune_s": round(finetune_seconds, 1),
                    "explain_s": round(time.perf_counter() - started, 1),
                    "load_average_1min": round(os.getloadavg()[0], 2)}
@@ -163,12 +163,17 @@ def main(argv):
     for setting in FLAGS.settings:
         chosen = [run for run in runs if run["setting"] == setting]
         for name in ("test_macro_f1",) + tuple(f"p@{FLAGS.k}_{n}" for n in METHODS + BASELINES + ("chance",)):
-            values = np.asarray([run[name] for run in chosen], float)
-            summary[f"{setting}_{name}"] = f"{np.nanmean(values):.3f}±{np.nanstd(values, ddof=1) if len(values) > 1 else 0:.3f}"
-        best_baseline = max(np.nanmean([run[f"p@{FLAGS.k}_{b}"] for run in chosen]) for b in BASELINES)
-        summary[f"{setting}_best_baseline"] = round(float(best_baseline), 3)
+            values = [run[name] for run in chosen if run[name] is not None]
+            summary[f"{setting}_{name}"] = (f"{np.mean(values):.3f}±{np.std(values, ddof=1) if len(values) > 1 else 0:.3f}"
+                                            if values else None)
+
+        def mean_of(name):
+            values = [run[f"p@{FLAGS.k}_{name}"] for run in chosen if run[f"p@{FLAGS.k}_{name}"] is not None]
+            return float(np.mean(values)) if values else float("-inf")
+        best_baseline = max(mean_of(b) for b in BASELINES)
+        summary[f"{setting}_best_baseline"] = round(best_baseline, 3) if np.isfinite(best_baseline) else None
         for method in ("rollout", "flow"):
-            mean = float(np.nanmean([run[f"p@{FLAGS.k}_{method}"] for run in chosen]))
+            mean = mean_of(method)
             summary[f"{setting}_{method}_target_met"] = bool(mean >= 0.9 and mean - best_baseline >= 0.3)
     summary.update(load_average_1min=round(os.getloadavg()[0], 2), cpu_count=os.cpu_count(),
                    note="2-core CPU shared with other jobs")

@@ -419,11 +419,10 @@ def define_flags():
 
 def main(argv):
     del argv
+    from ovt_explain.run_config import require_flags
     from common.optimization import set_mixed_precision
 
-    for name in ("checkpoint", "users", "out"):
-        if not getattr(FLAGS, name):
-            raise cli.UserError(f"--{name} is required")
+    require_flags(FLAGS, "checkpoint", "users", "out")
     set_mixed_precision(FLAGS.mixed_precision)
     result = visualize(FLAGS.checkpoint, FLAGS.users, FLAGS.out, FLAGS.programs, FLAGS.methods, FLAGS.max_users,
                        FLAGS.flow_rows, FLAGS.graph_tokens, FLAGS.top_edges, FLAGS.top_tokens, FLAGS.dump_json,

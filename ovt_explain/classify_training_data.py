@@ -37,11 +37,10 @@ def define_flags():
 
 def main(argv):
     del argv
+    from ovt_explain.run_config import require_flags
     from ovt_explain.original_data import classify_sentences, target_sort_ids
 
-    for name in ("sentences_data_file", "tv_meta_data_file", "training_data_dir"):
-        if not getattr(FLAGS, name):
-            raise cli.UserError(f"--{name} is required")
+    require_flags(FLAGS, "sentences_data_file", "tv_meta_data_file", "training_data_dir")
     if len(FLAGS.categories) != 2:
         raise cli.UserError("--categories needs two names: viewed, not viewed")
     target = target_sort_ids(FLAGS.tv_meta_data_file, FLAGS.tv_program_name, FLAGS.tv_program_subtitle)

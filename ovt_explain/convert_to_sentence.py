@@ -25,11 +25,10 @@ def define_flags():
 
 def main(argv):
     del argv
+    from ovt_explain.run_config import require_flags
     from ovt_explain.original_data import convert_to_sentences
 
-    for name in ("csv_file", "sentence_file"):
-        if not getattr(FLAGS, name):
-            raise cli.UserError(f"--{name} is required")
+    require_flags(FLAGS, "csv_file", "sentence_file")
     result = convert_to_sentences(FLAGS.csv_file, FLAGS.sentence_file)
     logging.info("%d rows, %d users -> %s", result["rows"], result["users"], FLAGS.sentence_file)
 

@@ -30,11 +30,10 @@ def define_flags():
 
 def main(argv):
     del argv
+    from ovt_explain.run_config import require_flags
     from ovt_explain.original_data import save_vocab
 
-    for name in ("meta_data_file", "output_dir"):
-        if not getattr(FLAGS, name):
-            raise cli.UserError(f"--{name} is required")
+    require_flags(FLAGS, "meta_data_file", "output_dir")
     path = save_vocab(FLAGS.meta_data_file, FLAGS.output_dir, FLAGS.start_date, FLAGS.end_date)
     logging.info("wrote %s", path)
 

@@ -109,6 +109,13 @@ def require_one_of(config: dict, path: str, *names: str) -> str:
     return given[0]
 
 
+def require_flags(values, *names: str) -> None:
+    """One error line for the first of the script's required flags that is not given."""
+    for name in names:
+        if not getattr(values, name):
+            raise UserError(f"--{name} is required")
+
+
 def documented_example(keys: Sequence[Key], values: dict) -> dict:
     """An example config: each key with a "//key" comment before it (used to write configs/*.json)."""
     example: dict = {}

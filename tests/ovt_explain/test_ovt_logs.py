@@ -179,3 +179,29 @@ def test_paper_sample_files_and_train_dir_layout(shared_data, tmp_path):
     users = load_labelled_users(config, "cls_config.json")
     assert [label for *_, label in users] == [0] * 4 + [1] * 4  # viewed* = 0, not_viewed* = 1; predict_missed unused
     assert users[0][0] == next(iter(viewed)) and users[0][1] == viewed[users[0][0]]
+
+
+def test_the_originals_config_files_load_as_they_are(tmp_path):
+    """The keys and values of the original's pretraining_config.json and cls_config.json (which sets
+    do_train twice); num_bert_layers means num_hidden_layers, the per-device batch stays per device."""
+    from ovt_explain.bert_cls import CLS_KEYS, IGNORED_KEYS as CLS_IGNORED
+    from ovt_explain.bert_pretraining import IGNORED_KEYS, PRETRAINING_KEYS
+
+    pre = write(tmp_path, "pretraining_config.json", json.dumps({
+        "train_file": "/data/sentence.txt", "vocab_file": "/data/vocab.txt", "output_dir": "/data/pretraining/",
+        "num_attention_heads": 8, "num_bert_layers": 8, "hidden_size": 256, "per_device_train_batch_size": 16,
+        "per_device_eval_batch_size": 16, "num_train_epochs": 8, "save_total_limit": 5, "num_proc": 8,
+        "load_best_model_at_end": True, "evaluation_strategy": "steps", "eval_steps": 500,
+        "logging_strategy": "steps", "logging_steps": 500, "eval_percentage": 3, "log_level": "info"}, indent=1))
+    config = load_config(pre, PRETRAINING_KEYS, IGNORED_KEYS)
+    assert (config["num_hidden_layers"], config["per_device_train_batch_size"], config["batch_size"]) == (8, 16, None)
+    assert (config["epochs"], config["eval_percentage"], config["intermediate_size"]) == (8.0, 3.0, 3072)
+    cls_text = ('{\n "train_dir": "./classify_data/", "model_dir": "./pretraining/models", "output_dir": "./out/",\n'
+                ' "num_proc": 2, "per_device_train_batch_size": 2, "per_device_eval_batch_size": 2,\n'
+                ' "max_seq_length": 512, "do_train": true, "eval_steps": 500, "evaluation_strategy": "steps",\n'
+                ' "train_data_max_per_label": 10000, "num_train_epochs": 2, "logging_strategy": "steps",\n'
+                ' "logging_steps": 500, "load_best_model_at_end": true, "randomize_data": false,\n'
+                ' "do_train": true, "do_predict": false\n}')
+    config = load_config(write(tmp_path, "cls_config.json", cls_text), CLS_KEYS, CLS_IGNORED)
+    assert config["pretrained_model"] == "./pretraining/models" and config["line_sampling"] == "randrange7"
+    assert (config["min_share"], config["split_seed"], config["metric_for_best_model"]) == (0.333, 42, "loss")
