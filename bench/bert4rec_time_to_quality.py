@@ -2,7 +2,7 @@
 
 For each data set present (ml-100k from ../shared/data; Beauty when `--beauty_file` exists) the main job's
 pipeline runs: gen_data_fin with the original's flags for that data set, then training with an evaluation
-every `--eval_every_steps` steps through `common.training.train`'s hook. The clock counts training only
+every `--eval_every_steps` steps through `common.training.Trainer`'s evaluation. The clock counts training only
 (evaluation time is measured and left out), so the curve says what a training budget buys.
 
     python bench/bert4rec_time_to_quality.py [--minutes 10] [--eval_every_steps 200] [--output_dir out/ttq]

@@ -6,7 +6,7 @@ the same machine load: "all_slots" (the output layer over every prediction slot,
 reference), "packed" (`bert4rec_loss(length_buckets=1)`: only slots with weight > 0 reach the output
 layer, the batch's trailing padding columns skipped) and "bucketed" (`bert4rec_loss`'s default: the batch
 also encoded in groups of similar history length, each cut to its own longest). "speedup" is each of the
-last two against all_slots. Full training steps (AdamW, clip 5.0) through `common.training.train`, batch
+last two against all_slots. Full training steps (AdamW, clip 5.0) through `common.training.Trainer`, batch
 256, float32.
 
   ml-1m       length 200, 40 predictions, vocab 3,420 (bert_config_ml-1m_64): every window full, every
@@ -28,6 +28,7 @@ same shapes and prints its figure beside ours.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -49,7 +50,7 @@ from bert4rec.model import Bert4Rec, bert4rec_loss, bert4rec_loss_all_slots  # n
 from common.config import BertConfig  # noqa: E402
 from common.distribute import get_strategy  # noqa: E402
 from common.optimization import create_optimizer, set_mixed_precision  # noqa: E402
-from common.training import train  # noqa: E402
+from common.training import Trainer as LoopTrainer, TrainSettings, skip_consumed_batches  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bert4rec", "bert_train")
 BATCH = 256
@@ -137,14 +138,16 @@ class Trainer:
         with self.strategy.scope():
             self.model = Bert4Rec(config)
             self.optimizer = create_optimizer(1e-4, 1_000_000, 10, weight_decay=0.01, clip_norm=5.0)
-        self.loss_fn, self.model_dir, self.step = LOSSES[loss_name], model_dir, 0
+        self.step = 0
+        self.loop = LoopTrainer(self.strategy, self.model, self.optimizer, LOSSES[loss_name], TrainSettings(
+            model_dir=model_dir, num_train_steps=0, steps_per_execution=STEPS_PER_CALL, summary=False,
+            progress=False, max_checkpoints_to_keep=1))
 
     def rate(self, steps: int) -> float:
-        """Sequences per second over `steps` more steps (train() leaves its first, tracing call out of the rate)."""
+        """Sequences per second over `steps` more steps (fit leaves its first call out of the rate)."""
         self.step += steps
-        result = train(self.strategy, self.model, self.optimizer, self.dataset_fn, self.loss_fn, self.step,
-                       self.model_dir, save_checkpoints_steps=0, steps_per_execution=STEPS_PER_CALL, summary=False,
-                       progress=False, max_checkpoints_to_keep=1)
+        self.loop.settings = dataclasses.replace(self.loop.settings, num_train_steps=self.step)
+        result = self.loop.fit(skip_consumed_batches(self.dataset_fn))
         return result.steps_per_second * BATCH
 
 

@@ -148,7 +148,8 @@ def main(argv):
             precision, counts = score(cls_config["output_dir"], data, seed)
             test = results.get("test", {})
             run = {"bench": "ovt_explain_planted_run", "seed": seed, "setting": setting,
-                   "mlm_accuracy": round(pre["eval_history"][-1]["masked_lm_accuracy"], 4) if pre["eval_history"] else None,
+                   "mlm_accuracy": (round(pre["eval_history"][-1]["metrics"]["masked_lm_accuracy"], 4)
+                                    if pre["eval_history"] else None),
                    "test_macro_f1": round(test.get("macro_f1", float("nan")), 4),
                    "test_roc_auc": round(test.get("roc_auc", float("nan")), 4),
                    **{f"p@{FLAGS.k}_{name}": round(value, 4) if value is not None else None

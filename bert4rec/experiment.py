@@ -24,7 +24,7 @@ from common.distribute import is_chief
 from common.io_utils import atomic_write_json
 from common.optimization import create_optimizer
 from common.tfrecords import make_dataset
-from common.training import TrainResult, train, write_scalars
+from common.training import TrainResult, Trainer, TrainSettings, skip_consumed_batches, write_scalars
 
 # BERT4Rec's optimizer: Google AdamW (no bias correction), weight decay 0.01, global-norm clip 5.0.
 BERT4REC_WEIGHT_DECAY = 0.01
@@ -107,7 +107,7 @@ def run_training(strategy: tf.distribute.Strategy, settings: RunSettings, train_
 
     With `eval_every_steps`, every test user of `eval_input_file` is ranked under `eval_protocols` every
     that many steps and after the last one: the original's line is printed, and the metrics go to
-    `model_dir/eval_history.json` and TensorBoard (`common.training.train`'s evaluation hook);
+    `model_dir/eval_history.json` ({"step", protocol: metrics}) and TensorBoard (the Trainer's evaluation);
     `on_evaluation(step, results, seconds)`, if given, sees each one (e.g. to time quality against training).
     `length_buckets`: see `bert4rec_loss` (None: `LENGTH_BUCKETS`; 0 under TPUStrategy: XLA wants static
     shapes).
@@ -150,18 +150,21 @@ def run_training(strategy: tf.distribute.Strategy, settings: RunSettings, train_
                 on_evaluation(step, results, time.perf_counter() - started)
             for protocol, metrics in results.items():
                 print(f"{protocol} at step {step}:\n{format_original_line(metrics)}", flush=True)
-            return {f"{protocol}/{name}": value for protocol, metrics in results.items()
-                    for name, value in metrics.items() if name != "valid_user"}
+            return {protocol: {name: value for name, value in metrics.items() if name != "valid_user"}
+                    for protocol, metrics in results.items()}
     if isinstance(strategy, tf.distribute.TPUStrategy):
         length_buckets = 0
     elif length_buckets is None:
         length_buckets = LENGTH_BUCKETS
     loss_fn = functools.partial(bert4rec_loss, length_buckets=length_buckets)
-    result = train(strategy, model, optimizer, dataset_fn, loss_fn, num_train_steps, model_dir,
-                   save_checkpoints_steps=save_checkpoints_steps,
-                   log_every_steps=max(save_checkpoints_steps // 10, steps_per_execution),
-                   steps_per_execution=steps_per_execution, progress=progress, eval_fn=eval_fn,
-                   eval_every_steps=eval_every_steps if eval_fn else None)
+    train_settings = TrainSettings(model_dir=model_dir, num_train_steps=num_train_steps,
+                                   save_checkpoints_steps=save_checkpoints_steps,
+                                   log_every_steps=max(save_checkpoints_steps // 10, steps_per_execution),
+                                   steps_per_execution=steps_per_execution, progress=progress,
+                                   eval_every_steps=eval_every_steps if eval_fn else None)
+    # A resumed run skips the batches already seen: the uninterrupted run's order (seeded shuffle).
+    result = Trainer(strategy, model, optimizer, loss_fn, train_settings, eval_fn=eval_fn).fit(
+        skip_consumed_batches(dataset_fn))
     return model, result
 
 

@@ -47,7 +47,7 @@ class BertDML(keras.Model):
 
 
 def make_triplet_loss_fn(mining: str = "random", margin: float = MARGIN) -> Callable:
-    """`loss_fn(model, features, training)` for `common.training.train`: one forward pass over the
+    """`loss_fn(model, features, training)` for `common.training.Trainer`: one forward pass over the
     batch's anchors, positives and negatives; (sum of triplet losses, number of triplets)."""
 
     def loss_fn(model, features, training):

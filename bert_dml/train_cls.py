@@ -1,9 +1,11 @@
-r"""The classification fine-tuning baseline of BERT-DML: softmax over the labels, early stopping on UAR.
+r"""The classification fine-tuning baseline of BERT-DML: softmax over the labels, the best models by UAR and loss.
 
     python -m bert_dml.train_cls --train 04-train.txt --eval 04-test.txt --preset <bert folder> --out results_cls
 
-Same data and flags as `bert_dml.train_dml`. The model with the best unweighted average recall
-(UAR, macro recall) on --eval is kept in `<out>/best` (`--kind classified` features come from it).
+Same data and flags as `bert_dml.train_dml`. As the original's train_bert.py: 50 epochs, each
+evaluated; the model with the best unweighted average recall (UAR: mean recall over the labels in
+--eval) is kept in `<out>/best` (`--kind classified` features come from it), the one with the best
+eval loss in `<out>/best_loss`. `--patience` turns early stopping on.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from absl import flags  # noqa: E402
 
 from bert_dml.flags import common_kwargs, define_training_flags  # noqa: E402
 
-define_training_flags(default_out="results_cls", default_epochs=10)
-flags.DEFINE_integer("patience", 3, "Stop after this many epochs without a better eval UAR (0: never).")
+define_training_flags(default_out="results_cls", default_epochs=50)
+flags.DEFINE_integer("patience", 0, "Stop after this many epochs without a better eval UAR (0: never, the "
+                     "original).")
 flags.DEFINE_integer("max_train_examples", None, "Use at most this many training lines per epoch.")
 flags.mark_flags_as_required(["train", "eval"])
 FLAGS = flags.FLAGS

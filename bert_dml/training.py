@@ -1,29 +1,71 @@
 """BERT-DML training (triplet loss) and the classification fine-tuning baseline, as plain functions.
 
-The scripts `bert_dml/train_dml.py` and `bert_dml/train_cls.py` only turn flags into these calls.
+The scripts `bert_dml/train_dml.py` and `bert_dml/train_cls.py` only turn flags into these calls. Both
+train through `common.training.Trainer` in epoch mode: the original's epoch structure (evaluation,
+one log line, `log.json`, the loss plot and the best models after every epoch); a restarted run
+resumes after the last finished epoch.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
-from typing import Callable
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 from bert_dml import data as dml_data
-from bert_dml.epochs import EpochLinearDecay, EpochSettings, latest_step, run_epochs, steps_per_epoch
 from bert_dml.model import (BertDML, FEATURE_KEYS, batched_outputs, feature_function, make_triplet_loss_fn,
                             triplet_batches, triplet_signature)
 from bert_dml.model import load_encoder, save_model_folder
 from bert_dml.triplets import MARGIN, TRIPLETS_PER_EPOCH, epoch_seed, retrieval_metrics, sample_triplets
 from common.cli import UserError
 from common.distribute import get_strategy
+from common.io_utils import atomic_write_json, read_json
 from common.optimization import STEP_SIZE_CORRECTION, AdamWeightDecay
+from common.training import (BestCheckpoint, Callback, EarlyStopping, Trainer, TrainSettings, checkpoint_step,
+                             current_learning_rate)
 
 GRADIENT_CLIP_NORM = 1.0
+LOG_FILE = "log.json"
+# The original's early_stopped-loss.model / early_stopped-uar.model (the classifier keeps both).
+BEST_DIR = "best"  # DML: by D/loss (or --best_metric); classifier: by D/uar
+BEST_LOSS_DIR = "best_loss"  # classifier: by D/loss
+
+
+class EpochLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """The original's schedule: `learnrate` during epoch 1, lowered by learnrate / epochs after each
+    epoch (eta -= rate), constant within an epoch."""
+
+    def __init__(self, initial_learning_rate: float, steps_per_epoch: int, num_epochs: int):
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.num_epochs = int(num_epochs)
+
+    def __call__(self, step):
+        finished_epochs = ops.floor(ops.cast(step, "float32") / self.steps_per_epoch)
+        return self.initial_learning_rate * ops.maximum(1.0 - finished_epochs / self.num_epochs, 0.0)
+
+    def get_config(self):
+        return {"initial_learning_rate": self.initial_learning_rate,
+                "steps_per_epoch": self.steps_per_epoch, "num_epochs": self.num_epochs}
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+    return max(1, math.ceil(num_examples / global_batch_size))
+
+
+def last_step_rates(optimizer) -> dict[str, float]:
+    """Read from the optimizer after its last step, as the original prints Chainer's: `eta` the
+    learning rate, `lr` Adam's bias-correction factor sqrt(1 - b2^t) / (1 - b1^t) (1.0 without)."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if hasattr(inner, "step_size_factor"):
+        return {"lr": inner.step_size_factor(), "eta": inner.last_learning_rate()}
+    return {"lr": 1.0, "eta": current_learning_rate(inner)}
 
 
 def _original_line(entry: dict, train_acc: float, dev_acc1: float, dev_acc2: float) -> str:
@@ -49,13 +91,13 @@ def cls_log_line(entry: dict) -> str:
 def _prepare_resume(resume: str | None, out: str, start_epoch: int, steps: int) -> None:
     """`--resume DIR`: continue DIR's newest checkpoint in `--out` (copied there when they differ)."""
     if resume:
-        if not os.path.isdir(resume) or latest_step(resume) == 0:
+        if not os.path.isdir(resume) or checkpoint_step(resume) == 0:
             raise UserError(f"--resume {resume}: no training checkpoint there")
         if os.path.abspath(resume) != os.path.abspath(out):
-            if latest_step(out):
+            if checkpoint_step(out):
                 raise UserError(f"--out {out} already holds a run; resume it with --resume={out}")
             shutil.copytree(resume, out, dirs_exist_ok=True)
-    done = latest_step(out) // steps
+    done = checkpoint_step(out) // steps
     if start_epoch > 1 and start_epoch != done + 1:
         raise UserError(f"--start_epoch={start_epoch}, but the checkpoint in {out} ends after epoch "
                         f"{done}: training continues at epoch {done + 1} (drop --start_epoch)")
@@ -88,27 +130,103 @@ def _build(strategy, train, evaluation, labels, max_seq_length, learnrate, weigh
     return setup, model, optimizer, max_seq_length, train_features, eval_features
 
 
-def _epoch_batches(make_batches: Callable[[int], list], signature: dict):
-    """dataset_fn(epoch, input_context) for `run_epochs`: that epoch's global batches cut per replica.
+def _epoch_batches(make_batches: Callable[[int], list], signature: dict, steps: int, epochs: int):
+    """The Trainer's dataset_fn(input_context, start_step): epoch after epoch of global batches (each
+    epoch's `make_batches(epoch)` gives exactly `steps`), from the epoch of `start_step` on, cut per replica.
 
     Replica r of worker p at step s takes part s * replicas + p * local + r of each global batch's
     rows, so the global batch is exactly the one a single device would see.
     """
-    def dataset_fn(epoch, input_context):
+    def dataset_fn(input_context, start_step):
         total = input_context.num_replicas_in_sync
         local = total // input_context.num_input_pipelines
         first = input_context.input_pipeline_id * local
 
         def generate():
-            for batch in make_batches(epoch):
-                size = len(next(iter(batch.values())))
-                per_replica = -(-size // total)
-                for replica in range(first, first + local):
-                    part = {key: value[replica * per_replica:(replica + 1) * per_replica]
-                            for key, value in batch.items()}
-                    yield part
+            for epoch in range(start_step // steps + 1, epochs + 1):
+                for index, batch in enumerate(make_batches(epoch)):
+                    if epoch == start_step // steps + 1 and index < start_step % steps:
+                        continue  # consumed before the restored checkpoint
+                    size = len(next(iter(batch.values())))
+                    per_replica = -(-size // total)
+                    for replica in range(first, first + local):
+                        yield {key: value[replica * per_replica:(replica + 1) * per_replica]
+                               for key, value in batch.items()}
         return tf.data.Dataset.from_generator(generate, output_signature=signature)
     return dataset_fn
+
+
+class _EpochLog(Callback):
+    """The original's per-epoch output: one printed line, `log.json` (one entry per epoch, resumed ones
+    included) and the loss plot. Entry keys: epoch, T/loss, T/<train metric>, T/sec, the evaluation's
+    D/ keys, D/sec, lr and eta (`last_step_rates`), elapsed_time."""
+
+    def __init__(self, format_line: Callable[[dict], str], steps: int, plot_keys: Sequence[str], plot: bool,
+                 print_fn: Callable[[str], None]):
+        self.format_line, self.steps = format_line, steps
+        self.plot_keys, self.plot, self.print_fn = tuple(plot_keys), plot, print_fn
+        self.entries: list[dict] = []
+
+    def on_run_begin(self, trainer, start_step, history):
+        done = start_step // self.steps
+        path = os.path.join(trainer.settings.model_dir, LOG_FILE)
+        self.entries = [entry for entry in read_json(path, default=[], missing_ok=True) if entry["epoch"] <= done]
+
+    def on_epoch_end(self, trainer, logs):
+        evaluation = {key: value for key, value in (logs.evaluation or {}).items() if key.startswith("D/")}
+        entry = {"epoch": logs.epoch, "T/loss": logs.train["loss"], "T/sec": logs.train_seconds,
+                 **{f"T/{name}": value for name, value in logs.train["metrics"].items()},
+                 **evaluation, "D/sec": logs.eval_seconds, **last_step_rates(trainer.optimizer),
+                 "elapsed_time": logs.elapsed_seconds}
+        self.entries.append(entry)
+        if not trainer.chief:
+            return
+        self.print_fn(self.format_line(entry))
+        atomic_write_json(os.path.join(trainer.settings.model_dir, LOG_FILE), self.entries)
+        if self.plot:
+            from common.plotting import plot_curves
+            curves = {key: [e[key] for e in self.entries] for key in self.plot_keys if key in entry}
+            plot_curves(curves, os.path.join(trainer.settings.model_dir, "loss.png"))
+
+
+class _OriginalBest(BestCheckpoint):
+    """A BestCheckpoint that prints the original's `saving early-stopped model (NAME) at epoch N`."""
+
+    def __init__(self, metric: str, mode: str, directory: str, name: str, print_fn: Callable[[str], None]):
+        super().__init__(metric, mode, directory)
+        self.name, self.print_fn = name, print_fn
+
+    def on_evaluation(self, trainer, record):
+        before = self.best
+        super().on_evaluation(trainer, record)
+        if self.best is not before and trainer.chief:
+            self.print_fn(f"saving early-stopped model ({self.name}) at epoch {record.get('epoch')}: "
+                          f"{os.path.join(trainer.settings.model_dir, self.directory)}")
+
+
+def _train_epochs(strategy, model, optimizer, loss_fn, dataset_fn, evaluate_epoch, *, out: str, epochs: int,
+                  steps: int, bests: Sequence[tuple[str, str, str, str]], format_line, plot_keys: Sequence[str],
+                  plot: bool, progress: bool, print_fn,
+                  early_stopping: tuple[str, str, int] | None = None) -> list[dict]:
+    """Trains `epochs` epochs of `steps` steps, evaluating after each; returns the epoch log.
+
+    `bests`: (metric, mode, directory, the original's name) of each best model kept;
+    `early_stopping`: (metric, mode, patience) or None.
+    """
+    os.makedirs(out, exist_ok=True)
+    epoch_log = _EpochLog(format_line, steps, plot_keys, plot, print_fn)
+    callbacks = [_OriginalBest(metric, mode, directory, name, print_fn) for metric, mode, directory, name in bests]
+    if early_stopping is not None:
+        callbacks.append(EarlyStopping(*early_stopping))
+    callbacks.append(epoch_log)
+    settings = TrainSettings(model_dir=out, num_epochs=epochs, steps_per_epoch=steps, max_checkpoints_to_keep=2,
+                             log_every_steps=steps, progress=progress)
+    trainer = Trainer(strategy, model, optimizer, loss_fn, settings,
+                      eval_fn=lambda step: evaluate_epoch(step // steps), callbacks=callbacks)
+    result = trainer.fit(dataset_fn)
+    if result.stopped_early:
+        print_fn(f"early stopping: {early_stopping[0]} has not improved for {early_stopping[2]} epochs")
+    return epoch_log.entries
 
 
 def train_dml(train_path: str, eval_path: str, out: str, *, batchsize: int = 64, epochs: int = 100,
@@ -167,11 +285,12 @@ def train_dml(train_path: str, eval_path: str, out: str, *, batchsize: int = 64,
             metrics["D/knn10"] = knn["knn10_accuracy"]
         return metrics
 
-    settings = EpochSettings(num_epochs=epochs, steps_per_epoch=steps, model_dir=out, best_metric=best_metric,
-                             best_mode="min" if best_metric == "D/loss" else "max", plot=not noplot, progress=progress)
-    return run_epochs(strategy, model, optimizer, make_triplet_loss_fn(mining, margin),
-                      _epoch_batches(train_batches, triplet_signature()), evaluate_epoch, settings,
-                      dml_log_line, print_fn)
+    best_mode, best_name = ("min", "loss") if best_metric == "D/loss" else ("max", "knn10")
+    return _train_epochs(strategy, model, optimizer, make_triplet_loss_fn(mining, margin),
+                         _epoch_batches(train_batches, triplet_signature(), steps, epochs), evaluate_epoch,
+                         out=out, epochs=epochs, steps=steps, bests=[(best_metric, best_mode, BEST_DIR, best_name)],
+                         format_line=dml_log_line, plot_keys=("T/loss", "D/loss"), plot=not noplot,
+                         progress=progress, print_fn=print_fn)
 
 
 def _classification_batches(features, label_ids, order, batch_size):
@@ -182,22 +301,24 @@ def _classification_batches(features, label_ids, order, batch_size):
         yield batch
 
 
-def train_classifier(train_path: str, eval_path: str, out: str, *, batchsize: int = 64, epochs: int = 10,
+def train_classifier(train_path: str, eval_path: str, out: str, *, batchsize: int = 64, epochs: int = 50,
                      learnrate: float = 5e-5, weightdecay: float = 0.01, preset: str | None = None,
                      init_checkpoint: str | None = None, bert_config_file: str | None = None,
                      vocab_file: str | None = None, encoding: str = "utf-8", max_seq_length: int | None = None,
                      random_seed: int = 123, vocab_size: int = 8000, lowercase: bool = True,
-                     patience: int | None = 3, max_train_examples: int | None = None, bias_correction: bool = True,
+                     patience: int | None = None, max_train_examples: int | None = None, bias_correction: bool = True,
                      tokenize_chinese_chars: bool = False,
                      noplot: bool = False, resume: str | None = None, start_epoch: int = 1,
                      strategy: tf.distribute.Strategy | None = None, progress: bool = True,
                      print_fn: Callable[[str], None] = print) -> list[dict]:
-    """Softmax fine-tuning over the training labels; the best model by eval UAR is kept in `out/best`.
+    """Softmax fine-tuning over the training labels, as the original's train_bert.py: every epoch is
+    evaluated, the best model by eval UAR is kept in `out/best` and the best by eval loss in
+    `out/best_loss`. `patience` P (None: never, the original) stops after P epochs without a better UAR.
 
     `max_train_examples` caps each epoch at that many (shuffled) training lines (budgeted runs).
     """
     from common.heads import BertClassifier
-    from common.metrics import macro_precision_recall_f1
+    from common.metrics import unweighted_average_recall
     from common.training import classification_loss_fn
 
     strategy = strategy or get_strategy("default")
@@ -234,11 +355,13 @@ def train_classifier(train_path: str, eval_path: str, out: str, *, batchsize: in
         predictions = logits.argmax(axis=1)
         return {"D/loss": float(-log_probs[np.arange(len(eval_ids)), eval_ids].mean()),
                 "D/acc": float((predictions == eval_ids).mean()),
-                "D/uar": macro_precision_recall_f1(eval_ids, predictions,
-                                                   list(range(len(labels))))["recall_macro"]}
+                "D/uar": unweighted_average_recall(eval_ids, predictions)}
 
-    settings = EpochSettings(num_epochs=epochs, steps_per_epoch=steps, model_dir=out, best_metric="D/uar",
-                             best_mode="max", patience=patience, plot_keys=("T/loss", "D/loss", "D/acc", "D/uar"),
-                             plot=not noplot, progress=progress)
-    return run_epochs(strategy, model, optimizer, classification_loss_fn,
-                      _epoch_batches(train_batches, signature), evaluate_epoch, settings, cls_log_line, print_fn)
+    # The original keeps both (early_stopped-uar.model, early_stopped-loss.model) and never stops early.
+    return _train_epochs(strategy, model, optimizer, classification_loss_fn,
+                         _epoch_batches(train_batches, signature, steps, epochs), evaluate_epoch, out=out,
+                         epochs=epochs, steps=steps,
+                         bests=[("D/loss", "min", BEST_LOSS_DIR, "loss"), ("D/uar", "max", BEST_DIR, "uar")],
+                         early_stopping=("D/uar", "max", patience) if patience else None,
+                         format_line=cls_log_line, plot_keys=("T/loss", "D/loss", "D/acc", "D/uar"),
+                         plot=not noplot, progress=progress, print_fn=print_fn)

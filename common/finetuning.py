@@ -1,6 +1,6 @@
 """Fine-tuning helpers: which parts of a `BertEncoder` train.
 
-Call `freeze_encoder` before the optimizer is built (`common.training.train` builds it from
+Call `freeze_encoder` before the optimizer is built (`common.training.Trainer` builds it from
 `model.trainable_variables`): the optimizer then holds slots for the trainable variables only, weight
 decay is decided per trained variable as before, and frozen weights stay bit-identical. Resuming
 with another frozen set fails with a `CheckpointMismatchError` that names the difference.

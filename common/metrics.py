@@ -134,6 +134,17 @@ def macro_precision_recall_f1(labels, predictions, class_ids: Sequence[int] | No
     return {"precision_macro": float(precision), "recall_macro": float(recall), "f1_macro": float(f1)}
 
 
+def unweighted_average_recall(labels, predictions) -> float:
+    """UAR as haradatm/nlp computes it: the mean recall over the classes present in `labels`
+    (`nanmean` of the row-normalised confusion matrix's diagonal; a class that is only predicted has
+    a 0/0 row and is left out, not counted as 0). NaN without labels."""
+    labels, predictions = _labels_and_predictions(labels, predictions)
+    present = np.unique(labels)
+    if present.size == 0:
+        return float("nan")
+    return float(np.mean([np.mean(predictions[labels == label] == label) for label in present]))
+
+
 def confusion_matrix(labels, predictions, num_classes: int | None = None) -> np.ndarray:
     """int64 [num_classes, num_classes]; entry [i, j] counts examples of true class i predicted as j."""
     labels, predictions = _labels_and_predictions(labels, predictions)

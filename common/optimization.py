@@ -29,7 +29,7 @@ DEFAULT_WEIGHT_DECAY_EXCLUDES = ("LayerNorm", "layer_norm", "bias", r"(^|/)gamma
 def set_mixed_precision(name: str) -> None:
     """Sets the Keras global dtype policy: none -> float32, bfloat16/float16 -> mixed_<name>.
 
-    Call before building models. With float16, `common.training.train` wraps the optimizer in a
+    Call before building models. With float16, `common.training.Trainer` wraps the optimizer in a
     `keras.optimizers.LossScaleOptimizer` (see `maybe_wrap_for_loss_scaling`).
     """
     if name not in _KERAS_POLICIES:

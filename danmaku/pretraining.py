@@ -1,7 +1,7 @@
 """Continued MLM + NSP pre-training of BERT on danmaku, reporting Google's four evaluation numbers.
 
 `run_pretraining(...)` is what `python -m danmaku.run_pretraining` calls: `BertPretrainer` trained by
-`common.training.train` under any `tf.distribute` strategy, started from a Google checkpoint, a
+`common.training.Trainer` under any `tf.distribute` strategy, started from a Google checkpoint, a
 Hugging Face / keras-hub folder, our own output folder, or from scratch; evaluated before training,
 on the training data and on the evaluation data. Outputs in `output_dir`:
 
@@ -65,11 +65,12 @@ class PretrainingSettings:
 
 def google_metrics(results: Mapping[str, float], global_step: int) -> dict:
     """`common.training.evaluate`'s names -> Google run_pretraining's eval keys."""
+    terms, metrics = results["terms"], results["metrics"]
     return {"global_step": int(global_step), "loss": float(results["loss"]),
-            "masked_lm_accuracy": float(results["masked_lm_accuracy"]),
-            "masked_lm_loss": float(results["masked_lm"]),
-            "next_sentence_accuracy": float(results["next_sentence_accuracy"]),
-            "next_sentence_loss": float(results["next_sentence"])}
+            "masked_lm_accuracy": float(metrics["masked_lm_accuracy"]),
+            "masked_lm_loss": float(terms["masked_lm"]),
+            "next_sentence_accuracy": float(metrics["next_sentence_accuracy"]),
+            "next_sentence_loss": float(terms["next_sentence"])}
 
 
 def format_eval_results(metrics: Mapping[str, float]) -> str:
@@ -301,9 +302,9 @@ def run_pretraining(strategy, settings: PretrainingSettings) -> dict:
     train_result = None
     if settings.do_train:
         from common.pretraining_data import make_pretraining_dataset
-        from common.training import bert_pretraining_loss_fn, train
+        from common.training import Trainer, TrainSettings, bert_pretraining_loss_fn
 
-        def dataset_fn(input_context, start_step=0):
+        def dataset_fn(input_context, start_step):
             # A resumed run reshuffles with another seed instead of replaying (or skipping) the first batches.
             batch_size = input_context.get_per_replica_batch_size(settings.train_batch_size)
             return make_pretraining_dataset(train_files, batch_size, settings.max_seq_length,
@@ -314,15 +315,15 @@ def run_pretraining(strategy, settings: PretrainingSettings) -> dict:
             metrics = evaluate_pretrainer(strategy, model, eval_file, settings, step)
             return {key: value for key, value in metrics.items() if key != "global_step"}
 
-        eval_kwargs = {}
-        if settings.eval_every_steps:
-            eval_kwargs = dict(eval_fn=eval_fn, eval_every_steps=settings.eval_every_steps)
-        train_result = train(strategy, model, optimizer, dataset_fn, bert_pretraining_loss_fn,
-                             settings.num_train_steps, settings.output_dir,
-                             save_checkpoints_steps=settings.save_checkpoints_steps,
-                             steps_per_execution=max(1, min(settings.iterations_per_loop, settings.num_train_steps)),
-                             log_every_steps=max(1, min(100, settings.save_checkpoints_steps or 100)),
-                             progress=settings.progress, **eval_kwargs)
+        train_settings = TrainSettings(
+            model_dir=settings.output_dir, num_train_steps=settings.num_train_steps,
+            save_checkpoints_steps=settings.save_checkpoints_steps,
+            steps_per_execution=max(1, min(settings.iterations_per_loop, settings.num_train_steps)),
+            log_every_steps=max(1, min(100, settings.save_checkpoints_steps or 100)),
+            progress=settings.progress, eval_every_steps=settings.eval_every_steps or None)
+        trainer = Trainer(strategy, model, optimizer, bert_pretraining_loss_fn, train_settings,
+                          eval_fn=eval_fn if settings.eval_every_steps else None)
+        train_result = trainer.fit(dataset_fn)
         final_step = train_result.final_step
         if chief:
             google_prefix = io_utils.join(settings.output_dir, f"model.ckpt-{final_step}")

@@ -236,7 +236,8 @@ def fine_tune(config: dict, strategy=None, progress: bool = True, config_path: s
     from common.io_utils import atomic_output, atomic_write_json
     from common.optimization import create_optimizer
     from common.tokenization import load_vocab
-    from common.training import classification_loss_fn, train
+    from common.training import (BestCheckpoint, EarlyStopping, Trainer, TrainSettings, classification_loss_fn,
+                                 skip_consumed_batches)
     from ovt_explain.bert_pretraining import global_batch_size
     from ovt_explain.logs import LABELS, VIEWED_ID, write_logs
     from ovt_explain.modeling import TRUNCATIONS, classifier_from_config, encode_histories, predict, special_ids
@@ -350,13 +351,18 @@ def fine_tune(config: dict, strategy=None, progress: bool = True, config_path: s
             return {name: metrics[name] for name in ("loss", "accuracy", "macro_f1", "roc_auc")}
 
     if config["do_train"]:
-        train(strategy, model, optimizer, dataset_fn, classification_loss_fn, num_train_steps, output_dir,
-              save_checkpoints_steps=config["save_steps"], max_checkpoints_to_keep=config["save_total_limit"],
-              log_every_steps=config["logging_steps"], progress=progress, eval_fn=eval_fn,
-              eval_every_steps=config["eval_steps"] if eval_fn else None,
-              best_metric=config["metric_for_best_model"] if use_best else None,
-              best_mode="min" if config["metric_for_best_model"] == "loss" else "max",
-              early_stopping_patience=config["early_stopping_patience"] if eval_fn else None)
+        metric = config["metric_for_best_model"]
+        mode = "min" if metric == "loss" else "max"
+        callbacks = [BestCheckpoint(metric, mode)] if use_best else []
+        if eval_fn and config["early_stopping_patience"]:
+            callbacks.append(EarlyStopping(metric, mode, config["early_stopping_patience"]))
+        train_settings = TrainSettings(model_dir=output_dir, num_train_steps=num_train_steps,
+                                       save_checkpoints_steps=config["save_steps"],
+                                       max_checkpoints_to_keep=config["save_total_limit"],
+                                       log_every_steps=config["logging_steps"], progress=progress,
+                                       eval_every_steps=config["eval_steps"] if eval_fn else None)
+        Trainer(strategy, model, optimizer, classification_loss_fn, train_settings, eval_fn=eval_fn,
+                callbacks=callbacks).fit(skip_consumed_batches(dataset_fn))
     chosen = tf.train.latest_checkpoint(os.path.join(output_dir, "best")) if use_best else None
     chosen = chosen or tf.train.latest_checkpoint(output_dir)
     if chosen is None:

@@ -115,7 +115,8 @@ def pretrain(config: dict, strategy=None, progress: bool = True, config_path: st
     from common.heads import BertPretrainer
     from common.optimization import create_optimizer
     from common.tokenization import load_vocab
-    from common.training import bert_pretraining_loss_fn, evaluate, train
+    from common.training import (BestCheckpoint, EarlyStopping, Trainer, TrainSettings, bert_pretraining_loss_fn,
+                                 evaluate, flatten_results, skip_consumed_batches)
     from ovt_explain.logs import write_program_vocab
     from ovt_explain.mlm_data import masked_lm_dataset, write_line_examples
     from ovt_explain.modeling import TRUNCATIONS, special_ids
@@ -203,19 +204,27 @@ def pretrain(config: dict, strategy=None, progress: bool = True, config_path: st
             del step
             return evaluate(strategy, model, eval_dataset, bert_pretraining_loss_fn)
 
-    result = train(strategy, model, optimizer, dataset_fn, bert_pretraining_loss_fn, num_train_steps,
-                   output_dir, save_checkpoints_steps=config["save_steps"],
-                   max_checkpoints_to_keep=config["save_total_limit"], log_every_steps=config["logging_steps"],
-                   steps_per_execution=config["steps_per_execution"], progress=progress, eval_fn=eval_fn,
-                   eval_every_steps=config["eval_steps"] if eval_fn else None,
-                   best_metric="loss" if eval_fn and config["load_best_model_at_end"] else None,
-                   best_mode="min", early_stopping_patience=config["early_stopping_patience"] if eval_fn else None)
+    callbacks = []
+    if eval_fn and config["load_best_model_at_end"]:
+        callbacks.append(BestCheckpoint("loss", "min"))
+    if eval_fn and config["early_stopping_patience"]:
+        callbacks.append(EarlyStopping("loss", "min", config["early_stopping_patience"]))
+    train_settings = TrainSettings(model_dir=output_dir, num_train_steps=num_train_steps,
+                                   save_checkpoints_steps=config["save_steps"],
+                                   max_checkpoints_to_keep=config["save_total_limit"],
+                                   log_every_steps=config["logging_steps"],
+                                   steps_per_execution=config["steps_per_execution"], progress=progress,
+                                   eval_every_steps=config["eval_steps"] if eval_fn else None)
+    result = Trainer(strategy, model, optimizer, bert_pretraining_loss_fn, train_settings, eval_fn=eval_fn,
+                     callbacks=callbacks).fit(skip_consumed_batches(dataset_fn))
     summary = {"output_dir": output_dir, "steps": result.final_step, "num_train_steps": num_train_steps,
                "vocab_size": len(vocab), "train_examples": stats["train"], "eval_examples": stats["eval"],
                "parameters": int(model.encoder.count_params()),
-               "eval_history": result.eval_history, "best_step": result.best_step}
+               "eval_history": result.eval_history,
+               "best_step": result.best["best"]["step"] if "best" in result.best else None}
     if result.eval_history:
-        logging.info("final evaluation: %s", {k: round(v, 4) for k, v in result.eval_history[-1].items()})
+        logging.info("final evaluation: %s",
+                     {k: round(v, 4) for k, v in flatten_results(result.eval_history[-1]).items()})
     return summary
 
 

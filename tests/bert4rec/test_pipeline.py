@@ -182,7 +182,7 @@ def test_command_line_trains_the_cross_attention_variant_in_bfloat16(pipeline, t
     with open(os.path.join(model_dir, "eval_history.json")) as handle:
         history = json.load(handle)
     assert [record["step"] for record in history] == [10, 20]
-    assert 0.0 <= history[-1]["pop100/hit@10"] <= 1.0 and "pop100/ndcg@10" in history[-1]
+    assert 0.0 <= history[-1]["pop100"]["hit@10"] <= 1.0 and "ndcg@10" in history[-1]["pop100"]
 
 
 @pytest.mark.slow

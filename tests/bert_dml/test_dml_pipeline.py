@@ -94,7 +94,10 @@ def test_training_logs_like_the_original_and_writes_its_outputs(trained):
     assert json.load(open(os.path.join(out, "labels.json"))) == ["sports", "food"]
     assert os.path.getsize(os.path.join(out, "loss.png")) > 1000
     best = min(log, key=lambda entry: entry["D/loss"])["epoch"]
-    assert os.path.isfile(os.path.join(out, "best", f"ckpt-{best}.index"))
+    best_info = json.load(open(os.path.join(out, "best", "best.json")))
+    assert best_info["record"]["epoch"] == best and best_info["metric"] == "D/loss"
+    assert os.path.isfile(os.path.join(out, "best", f"ckpt-{best_info['step']}.index"))
+    assert [record["epoch"] for record in json.load(open(os.path.join(out, "eval_history.json")))] == [1, 2]
 
 
 @pytest.mark.slow
@@ -187,11 +190,21 @@ def test_classifier_baseline_and_classified_features(trained):
     from bert_dml.training import train_classifier
 
     out = str(trained["root"] / "cls")
-    log = train_classifier(trained["train"], trained["eval"], out, epochs=2, batchsize=32, learnrate=2e-3,
+    printed = []
+    log = train_classifier(trained["train"], trained["eval"], out, epochs=3, batchsize=32, learnrate=2e-3,
                            bert_config_file=trained["config"], max_seq_length=20, vocab_size=200,
-                           noplot=True, progress=False, print_fn=lambda line: None)
-    assert [entry["epoch"] for entry in log] == [1, 2]
+                           noplot=True, progress=False, print_fn=printed.append)
+    # No early stopping by default: every epoch runs.
+    assert [entry["epoch"] for entry in log] == [1, 2, 3]
     assert all(0 <= entry["D/uar"] <= 1 and "T/accuracy" in entry for entry in log)
+    # Both best models, each at the first epoch with its best value, as the original keeps them.
+    for directory, metric, pick in (("best", "D/uar", max), ("best_loss", "D/loss", min)):
+        best_epoch = next(e["epoch"] for e in log if e[metric] == pick(x[metric] for x in log))
+        best_info = json.load(open(os.path.join(out, directory, "best.json")))
+        assert (best_info["metric"], best_info["record"]["epoch"]) == (metric, best_epoch), directory
+        name = "uar" if directory == "best" else "loss"
+        assert any(line.startswith(f"saving early-stopped model ({name}) at epoch {best_epoch}")
+                   for line in printed), printed
     labels, features = extract_features("classified", trained["eval"], model=os.path.join(out, "best"),
                                         batchsize=16)
     assert features.shape == (60, TINY_CONFIG["hidden_size"]) and len(labels) == 60

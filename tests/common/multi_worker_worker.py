@@ -72,7 +72,8 @@ def tiny_dataset_fn(examples: dict[str, np.ndarray], global_batch_size: int):
 def main() -> None:
     from common.distribute import get_strategy, is_chief
     from common.optimization import create_optimizer
-    from common.training import bert_pretraining_loss_fn, evaluate, train
+    from common.training import (BestCheckpoint, Trainer, TrainSettings, bert_pretraining_loss_fn, evaluate,
+                                 flatten_results, skip_consumed_batches)
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model_dir", required=True)
@@ -89,17 +90,16 @@ def main() -> None:
         optimizer = create_optimizer(1e-2, args.num_train_steps, num_warmup_steps=0, clip_norm=1.0)
     # One global batch repeated, so the loss must fall within a few steps.
     examples = tiny_examples(global_batch_size, global_batch_size)
-    eval_kwargs = {}
     # 11 examples in batches of 4: the last global batch is partial.
     eval_dataset = tf.data.Dataset.from_tensor_slices(tiny_examples(11, global_batch_size, seed=1)).batch(4)
-    if args.eval_every_steps:
-        eval_kwargs = dict(
-            eval_fn=lambda step: evaluate(strategy, model, eval_dataset, bert_pretraining_loss_fn),
-            eval_every_steps=args.eval_every_steps, best_metric="loss", best_mode="min")
-    result = train(strategy, model, optimizer, tiny_dataset_fn(examples, global_batch_size),
-                   bert_pretraining_loss_fn, num_train_steps=args.num_train_steps, model_dir=args.model_dir,
-                   save_checkpoints_steps=2, log_every_steps=1, steps_per_execution=2, progress=False,
-                   **eval_kwargs)
+    settings = TrainSettings(model_dir=args.model_dir, num_train_steps=args.num_train_steps,
+                             save_checkpoints_steps=2, log_every_steps=1, steps_per_execution=2, progress=False,
+                             eval_every_steps=args.eval_every_steps or None)
+    trainer = Trainer(strategy, model, optimizer, bert_pretraining_loss_fn, settings,
+                      eval_fn=((lambda step: evaluate(strategy, model, eval_dataset, bert_pretraining_loss_fn))
+                               if args.eval_every_steps else None),
+                      callbacks=[BestCheckpoint("loss", "min")] if args.eval_every_steps else [])
+    result = trainer.fit(skip_consumed_batches(tiny_dataset_fn(examples, global_batch_size)))
     task = json.loads(os.environ["TF_CONFIG"])["task"]
     report = {
         "task_index": task["index"],
@@ -108,10 +108,10 @@ def main() -> None:
         "final_step": result.final_step,
         "losses": result.losses,
         "eval_history": result.eval_history,
-        "best_step": result.best_step,
+        "best_step": result.best["best"]["step"] if result.best else None,
         # The final model evaluated in this process alone, without the strategy.
-        "reference_eval": (evaluate(tf.distribute.get_strategy(), model, eval_dataset,
-                                    bert_pretraining_loss_fn) if args.eval_every_steps else None),
+        "reference_eval": (flatten_results(evaluate(tf.distribute.get_strategy(), model, eval_dataset,
+                                                    bert_pretraining_loss_fn)) if args.eval_every_steps else None),
         "weights": {variable.path: variable.numpy().ravel().tolist() for variable in model.weights},
     }
     with open(args.output, "w", encoding="utf-8") as handle:

@@ -502,20 +502,21 @@ def pretraining_examples(count=16, length=8, seed=0):
 
 
 def train_pretrainer(model_dir, num_train_steps, seed=0, **config_changes):
-    """A tiny BertPretrainer trained by `common.training.train` (model + optimizer + step saved)."""
+    """A tiny BertPretrainer trained by `common.training.Trainer` (model + optimizer + step saved)."""
     import keras
 
     from common.heads import BertPretrainer
     from common.optimization import create_optimizer
-    from common.training import bert_pretraining_loss_fn, train
+    from common.training import Trainer, TrainSettings, bert_pretraining_loss_fn
 
     examples = pretraining_examples()
     keras.utils.set_random_seed(seed)
     model = BertPretrainer(BertEncoder(BertConfig(**{**TRAIN_CONFIG, **config_changes})))
     optimizer = create_optimizer(1e-2, 10, 0)
-    result = train(tf.distribute.get_strategy(), model, optimizer,
-                   lambda context: tf.data.Dataset.from_tensor_slices(examples).repeat().batch(4),
-                   bert_pretraining_loss_fn, num_train_steps, str(model_dir), progress=False, summary=False)
+    settings = TrainSettings(model_dir=str(model_dir), num_train_steps=num_train_steps, progress=False,
+                             summary=False)
+    result = Trainer(tf.distribute.get_strategy(), model, optimizer, bert_pretraining_loss_fn, settings).fit(
+        lambda context, start_step: tf.data.Dataset.from_tensor_slices(examples).repeat().batch(4))
     return model, result
 
 
@@ -551,7 +552,7 @@ def test_resume_into_the_same_model_restores_everything(pretrained_dir, tmp_path
 ])
 def test_resume_into_another_model_names_every_difference_and_restores_nothing(
         pretrained_dir, tmp_path, changes, expected):
-    """restore_latest as train() calls it (model, built optimizer, step): one error, nothing assigned."""
+    """restore_latest as the Trainer calls it (model, built optimizer, step): one error, nothing assigned."""
     from common.checkpoints import make_checkpoint_manager, restore_latest
     from common.heads import BertPretrainer
     from common.optimization import create_optimizer
@@ -594,13 +595,13 @@ def test_restore_before_the_optimizer_is_built_says_so(pretrained_dir):
 
 
 def test_warm_start_pulls_the_encoder_of_a_pretrainer_into_a_classifier(pretrained_dir, tmp_path):
-    """Pre-train -> fine-tune: encoder (and MLM head) from train()'s checkpoint, own step and model_dir."""
+    """Pre-train -> fine-tune: encoder (and MLM head) from the Trainer's checkpoint, own step and model_dir."""
     import keras
 
     from common.checkpoints import warm_start
     from common.heads import BertClassifier, masked_lm_head as make_masked_lm_head
     from common.optimization import create_optimizer
-    from common.training import classification_loss_fn, train
+    from common.training import Trainer, TrainSettings, classification_loss_fn
 
     model_dir, pretrainer = pretrained_dir
     classifier = BertClassifier(BertEncoder(BertConfig(**TRAIN_CONFIG)), num_labels=3)
@@ -628,9 +629,9 @@ def test_warm_start_pulls_the_encoder_of_a_pretrainer_into_a_classifier(pretrain
     examples = {**features, "label_ids": np.array([0, 1, 2], np.int32)}
     optimizer = create_optimizer(1e-3, 2, 0)
     keras.utils.set_random_seed(0)
-    result = train(tf.distribute.get_strategy(), classifier, optimizer,
-                   lambda context: tf.data.Dataset.from_tensor_slices(examples).repeat().batch(3),
-                   classification_loss_fn, 2, str(tmp_path / "finetune"), progress=False, summary=False)
+    settings = TrainSettings(model_dir=str(tmp_path / "finetune"), num_train_steps=2, progress=False, summary=False)
+    result = Trainer(tf.distribute.get_strategy(), classifier, optimizer, classification_loss_fn, settings).fit(
+        lambda context, start_step: tf.data.Dataset.from_tensor_slices(examples).repeat().batch(3))
     assert [step for step, _ in result.losses] == [1, 2]
 
 

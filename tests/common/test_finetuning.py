@@ -10,7 +10,7 @@ from common.encoder import BertEncoder
 from common.finetuning import freeze_encoder
 from common.heads import BertClassifier
 from common.optimization import create_optimizer
-from common.training import classification_loss_fn, train
+from common.training import Trainer, TrainSettings, classification_loss_fn
 
 CONFIG = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                     intermediate_size=24, max_position_embeddings=12, hidden_dropout_prob=0.0,
@@ -40,9 +40,10 @@ def _fine_tune(model_dir, num_train_steps, trainable_last_layers=1, **freeze_kwa
     examples = _examples()
     # Weight decay on: a frozen variable must not even decay.
     optimizer = create_optimizer(1e-2, 10, 0, weight_decay=0.1)
-    result = train(tf.distribute.get_strategy(), model, optimizer,
-                   lambda context: tf.data.Dataset.from_tensor_slices(examples).repeat().batch(4),
-                   classification_loss_fn, num_train_steps, str(model_dir), progress=False, summary=False)
+    settings = TrainSettings(model_dir=str(model_dir), num_train_steps=num_train_steps, progress=False,
+                             summary=False)
+    result = Trainer(tf.distribute.get_strategy(), model, optimizer, classification_loss_fn, settings).fit(
+        lambda context, start_step: tf.data.Dataset.from_tensor_slices(examples).repeat().batch(4))
     return model, before, summary, result
 
 

@@ -90,3 +90,18 @@ def test_num_classes_includes_absent_classes_with_zero_scores():
     assert np.array(result["confusion_matrix"]).shape == (4, 4)
     assert result["f1_macro"] == pytest.approx((1 / 2 + 4 / 5 + 2 / 3) / 4)
     assert metrics.confusion_matrix(LABELS, PREDICTIONS, 4)[3].sum() == 0
+
+
+def test_unweighted_average_recall_is_the_originals_nanmean_over_labels_present():
+    # Labels 0 and 1 present (recall 2/3 and 1/2); label 2 is only predicted: sklearn's macro recall
+    # over [0, 1, 2] with zero_division=0 would count it as 0 and give 7/18.
+    labels = [0, 0, 0, 1, 1]
+    predictions = [0, 0, 2, 1, 2]
+    assert metrics.unweighted_average_recall(labels, predictions) == pytest.approx((2 / 3 + 1 / 2) / 2)
+    # The original: confusion_matrix rows normalised, nanmean of the diagonal.
+    from sklearn.metrics import confusion_matrix
+    with np.errstate(invalid="ignore"):
+        matrix = confusion_matrix(labels, predictions)
+        original = np.nanmean(np.diag(matrix / matrix.sum(axis=1, keepdims=True)))
+    assert metrics.unweighted_average_recall(labels, predictions) == pytest.approx(original)
+    assert math.isnan(metrics.unweighted_average_recall([], []))

@@ -14,8 +14,9 @@ import tensorflow as tf
 
 from common.distribute import get_strategy
 from common.optimization import create_optimizer, set_mixed_precision
-from common.training import (_continuing_dataset_fn, bert_pretraining_loss_fn, classification_loss_fn,
-                             evaluate, replica_loss, split_loss_output, train)
+from common.training import (BestCheckpoint, Callback, EarlyStopping, Trainer, TrainSettings,
+                             bert_pretraining_loss_fn, checkpoint_step, classification_loss_fn, evaluate,
+                             flatten_results, replica_loss, skip_consumed_batches, split_loss_output)
 
 # The worker script of the multi-worker test also holds the tiny model and data every test here uses.
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multi_worker_worker.py")
@@ -37,19 +38,22 @@ def _assert_weights_close(actual, expected, atol):
 
 
 def _train_tiny(strategy, model_dir, num_train_steps, examples, initial_weights=None, seed=0,
-                schedule_steps=None, clip_norm=1.0, make_eval_fn=None, dataset_fn=None, **train_kwargs):
+                schedule_steps=None, clip_norm=1.0, make_eval_fn=None, dataset_fn=None, callbacks=(),
+                **settings):
+    """Trains the tiny pretrainer through a Trainer; `settings` are TrainSettings fields."""
     with strategy.scope():
         model = tiny.tiny_pretrainer(seed=seed)
         if initial_weights is not None:
             model.set_weights(initial_weights)
-        optimizer = create_optimizer(1e-2, schedule_steps or num_train_steps, num_warmup_steps=1,
+        optimizer = create_optimizer(1e-2, schedule_steps or num_train_steps or 10, num_warmup_steps=1,
                                      clip_norm=clip_norm)
-    train_kwargs.setdefault("progress", False)
-    if make_eval_fn is not None:
-        train_kwargs["eval_fn"] = make_eval_fn(model)
-    result = train(strategy, model, optimizer, dataset_fn or tiny.tiny_dataset_fn(examples, GLOBAL_BATCH),
-                   bert_pretraining_loss_fn, num_train_steps=num_train_steps, model_dir=str(model_dir),
-                   **train_kwargs)
+    settings.setdefault("progress", False)
+    if "num_epochs" not in settings:
+        settings["num_train_steps"] = num_train_steps
+    trainer = Trainer(strategy, model, optimizer, bert_pretraining_loss_fn,
+                      TrainSettings(model_dir=str(model_dir), **settings),
+                      eval_fn=make_eval_fn(model) if make_eval_fn is not None else None, callbacks=callbacks)
+    result = trainer.fit(dataset_fn or skip_consumed_batches(tiny.tiny_dataset_fn(examples, GLOBAL_BATCH)))
     return model, result
 
 
@@ -91,12 +95,13 @@ def test_dataset_that_runs_out_is_a_clear_error(tmp_path):
         model = tiny.tiny_pretrainer()
         optimizer = create_optimizer(1e-2, 3, 0)
 
-    def one_batch_fn(input_context):
+    def one_batch_fn(input_context, start_step):
         return tf.data.Dataset.from_tensor_slices(examples).batch(GLOBAL_BATCH)
 
+    trainer = Trainer(tf.distribute.get_strategy(), model, optimizer, bert_pretraining_loss_fn,
+                      TrainSettings(model_dir=str(tmp_path), num_train_steps=3, progress=False, summary=False))
     with pytest.raises(ValueError, match="ran out at step 1 of 3"):
-        train(tf.distribute.get_strategy(), model, optimizer, one_batch_fn, bert_pretraining_loss_fn,
-              num_train_steps=3, model_dir=str(tmp_path), progress=False, summary=False)
+        trainer.fit(one_batch_fn)
 
 
 def test_bfloat16_policy_trains_with_float32_variables(tmp_path):
@@ -138,7 +143,7 @@ def test_two_workers_on_loopback_train_to_identical_weights(tmp_path):
                  "--output", str(tmp_path / f"worker{index}.json"), "--num_train_steps", "6",
                  "--eval_every_steps", "3"],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + 400  # a loaded 2-core machine takes about 3 minutes
         for index, process in enumerate(processes):
             _, stderr = process.communicate(timeout=max(deadline - time.monotonic(), 1))
             assert process.returncode == 0, f"worker {index} failed:\n{stderr[-3000:]}"
@@ -163,10 +168,11 @@ def test_two_workers_on_loopback_train_to_identical_weights(tmp_path):
     # batch is partial) that the final model gives in one process; both kept the same best step.
     for report in reports:
         assert [record["step"] for record in report["eval_history"]] == [3, 6]
+        last = flatten_results(report["eval_history"][-1])
         for name, value in report["reference_eval"].items():
-            assert report["eval_history"][-1][name] == pytest.approx(value, abs=1e-5), name
+            assert last[name] == pytest.approx(value, abs=1e-5), name
     for mine, theirs in zip(chief["eval_history"], other["eval_history"]):
-        assert mine == pytest.approx(theirs, abs=1e-6)
+        assert flatten_results(mine) == pytest.approx(flatten_results(theirs), abs=1e-6)
     best_step = chief["best_step"]
     assert best_step in (3, 6) and other["best_step"] == best_step
     # Only the chief wrote into model_dir: its checkpoints, summaries and evaluations, no worker temp dirs.
@@ -187,61 +193,77 @@ def _event_tags(directory):
 
 
 def _planted_eval(scores, calls, snapshots):
-    """An eval_fn factory returning planted scores by step and recording the weights it saw."""
+    """An eval_fn factory returning planted (nested) scores by step and recording the weights it saw."""
     def make_eval_fn(model):
         def eval_fn(step):
             calls.append(step)
             snapshots[step] = _weights(model)
-            return {"score": scores[step], "doubled": np.float32(2 * scores[step])}
+            return {"score": scores[step], "more": {"doubled": np.float32(2 * scores[step])}}
         return eval_fn
     return make_eval_fn
 
 
-def test_periodic_evaluation_keeps_history_and_the_best_weights_across_a_resume(tmp_path, caplog):
+def _restored_weights(directory):
+    restored = tiny.tiny_pretrainer(seed=99)
+    tf.train.Checkpoint(model=restored).restore(tf.train.latest_checkpoint(str(directory))).expect_partial()
+    return _weights(restored)
+
+
+def test_periodic_evaluation_keeps_history_and_several_best_weights_across_a_resume(tmp_path, caplog):
     examples = tiny.tiny_examples(2 * GLOBAL_BATCH, GLOBAL_BATCH)
     model_dir = tmp_path / "model"
     caplog.set_level(logging.INFO, logger="absl")
     calls, snapshots = [], {}
     scores = {2: 0.5, 4: 0.9, 5: 0.7, 6: 0.1, 7: 0.2}
+
+    def bests():
+        # Two at once, as bert_dml's classifier keeps best-by-UAR and best-by-loss.
+        return [BestCheckpoint("score", "max"), BestCheckpoint("more/doubled", "min", directory="best_low")]
+
     _, first = _train_tiny(get_strategy("default"), model_dir, 5, examples, schedule_steps=10,
                            make_eval_fn=_planted_eval(scores, calls, snapshots), eval_every_steps=2,
-                           best_metric="score", best_mode="max", save_checkpoints_steps=2,
-                           steps_per_execution=3)
+                           callbacks=bests(), save_checkpoints_steps=2, steps_per_execution=3)
     # Every 2 steps and once at the end; chunks of 3 steps still stop at each evaluation.
     assert calls == [2, 4, 5]
-    expected = [{"step": s, "score": scores[s], "doubled": pytest.approx(2 * scores[s])} for s in (2, 4, 5)]
+    expected = [{"step": s, "score": scores[s], "more": {"doubled": pytest.approx(2 * scores[s])}}
+                for s in (2, 4, 5)]
     assert first.eval_history == expected
     assert json.loads((model_dir / "eval_history.json").read_text()) == expected
-    assert first.best_step == 4 and first.best_metrics["score"] == 0.9 and not first.stopped_early
+    assert first.best["best"]["step"] == 4 and first.best["best"]["value"] == 0.9 and not first.stopped_early
+    assert first.best["best_low"]["step"] == 2 and first.best["best_low"]["value"] == pytest.approx(1.0)
     best_info = json.loads((model_dir / "best" / "best.json").read_text())
     assert best_info["step"] == 4 and best_info["metric"] == "score" and best_info["value"] == 0.9
-    assert {"score", "doubled"} <= _event_tags(model_dir / "eval")
-    assert any(r.getMessage().startswith("eval step 4/5 score 0.9000 doubled 1.8000 (new best score)")
-               for r in caplog.records)
+    assert best_info["record"] == expected[1]
+    assert json.loads((model_dir / "best_low" / "best.json").read_text())["step"] == 2
+    assert {"score", "more/doubled"} <= _event_tags(model_dir / "eval")
+    messages = [r.getMessage() for r in caplog.records]
+    assert "eval step 4/5 score 0.9000 more/doubled 1.8000" in messages
+    assert any(m.startswith("new best score 0.9 at step 4") for m in messages), messages
 
-    # The best checkpoint holds the weights evaluated at step 4, not the final ones.
-    restored = tiny.tiny_pretrainer(seed=99)
-    tf.train.Checkpoint(model=restored).restore(
-        tf.train.latest_checkpoint(str(model_dir / "best"))).expect_partial()
-    _assert_weights_close(_weights(restored), snapshots[4], atol=0)
+    # Each best directory holds the weights evaluated at its step, not the final ones.
+    _assert_weights_close(_restored_weights(model_dir / "best"), snapshots[4], atol=0)
+    _assert_weights_close(_restored_weights(model_dir / "best_low"), snapshots[2], atol=0)
     assert max(np.abs(a - b).max() for a, b in zip(snapshots[4], snapshots[5])) > 1e-4
 
-    # Resumed to step 7: the history is loaded and appended to; no score beats step 4's.
+    # Resumed to step 7: the history is loaded and appended to; no score beats step 4's, but step 6
+    # has the lowest "doubled".
     calls.clear()
     _, resumed = _train_tiny(get_strategy("default"), model_dir, 7, examples, seed=3, schedule_steps=10,
                              make_eval_fn=_planted_eval(scores, calls, snapshots), eval_every_steps=2,
-                             best_metric="score", save_checkpoints_steps=2)
+                             callbacks=bests(), save_checkpoints_steps=2)
     assert calls == [6, 7]
     assert [r["step"] for r in resumed.eval_history] == [2, 4, 5, 6, 7]
     assert [r["step"] for r in json.loads((model_dir / "eval_history.json").read_text())] == [2, 4, 5, 6, 7]
-    assert resumed.best_step == 4
+    assert resumed.best["best"]["step"] == 4 and resumed.best["best_low"]["step"] == 6
     assert json.loads((model_dir / "best" / "best.json").read_text())["step"] == 4
+    _assert_weights_close(_restored_weights(model_dir / "best_low"), snapshots[6], atol=0)
 
     # Finished and evaluated at its last step: a further call neither trains nor evaluates.
     calls.clear()
     _, again = _train_tiny(get_strategy("default"), model_dir, 7, examples,
-                           make_eval_fn=_planted_eval(scores, calls, snapshots), best_metric="score")
-    assert again.losses == [] and calls == [] and len(again.eval_history) == 5 and again.best_step == 4
+                           make_eval_fn=_planted_eval(scores, calls, snapshots), callbacks=bests())
+    assert again.losses == [] and calls == [] and len(again.eval_history) == 5
+    assert again.best["best"]["step"] == 4 and again.best["best_low"]["step"] == 6
 
 
 def test_loss_output_forms_and_name_clashes():
@@ -264,18 +286,19 @@ def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp
     # Lower is better: best at step 2, then two evaluations that do not beat it.
     losses = {1: 0.6, 2: 0.4, 3: 0.45, 4: 0.4, 5: 0.1}
     kwargs = dict(make_eval_fn=_planted_eval(losses, calls, snapshots), eval_every_steps=1,
-                  best_metric="score", best_mode="min", early_stopping_patience=2,
                   save_checkpoints_steps=None, steps_per_execution=3, schedule_steps=10)
-    _, result = _train_tiny(get_strategy("default"), tmp_path, 10, examples, **kwargs)
+    _, result = _train_tiny(get_strategy("default"), tmp_path, 10, examples,
+                            callbacks=[BestCheckpoint("score", "min"), EarlyStopping("score", "min", 2)], **kwargs)
     assert calls == [1, 2, 3, 4]
-    assert result.stopped_early and result.final_step == 4 and result.best_step == 2
+    assert result.stopped_early and result.final_step == 4 and result.best["best"]["step"] == 2
     assert [step for step, _ in result.losses] == [1, 2, 3, 4]
     assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "ckpt-4")
     assert any(r.getMessage().startswith("early stopping at step 4") for r in caplog.records)
 
     # Started again, the run is still stopped: no training, no evaluation.
     calls.clear()
-    _, again = _train_tiny(get_strategy("default"), tmp_path, 10, examples, **kwargs)
+    _, again = _train_tiny(get_strategy("default"), tmp_path, 10, examples,
+                           callbacks=[EarlyStopping("score", "min", 2)], **kwargs)
     assert again.stopped_early and again.final_step == 4 and again.losses == [] and calls == []
 
 
@@ -309,12 +332,13 @@ def test_auxiliary_metrics_are_global_accuracies_and_not_part_of_the_loss(tmp_pa
     # One step: its metrics come from the forward pass on the initial weights.
     _, result = _train_tiny(strategy, tmp_path, 1, examples, log_every_steps=1)
     for name, value in expected.items():
-        assert result.metrics[name] == pytest.approx(value, abs=1e-6), name
+        assert result.train_metrics["metrics"][name] == pytest.approx(value, abs=1e-6), name
     # The loss is the sum of the two terms only.
-    assert result.metrics["masked_lm"] + result.metrics["next_sentence"] == pytest.approx(
-        result.losses[0][1], abs=1e-5)
-    assert {"loss", "masked_lm_accuracy", "next_sentence_accuracy", "masked_lm"} <= _event_tags(
-        tmp_path / "train")
+    terms = result.train_metrics["terms"]
+    assert terms["masked_lm"] + terms["next_sentence"] == pytest.approx(result.losses[0][1], abs=1e-5)
+    assert result.train_metrics["loss"] == pytest.approx(result.losses[0][1], abs=1e-6)
+    assert {"loss", "metrics/masked_lm_accuracy", "metrics/next_sentence_accuracy", "terms/masked_lm"} <= \
+        _event_tags(tmp_path / "train")
 
 
 def _log_softmax(logits):
@@ -347,12 +371,14 @@ def test_evaluate_matches_hand_computed_losses_with_a_partial_last_batch(strateg
     for batch_size in (4, 5):
         dataset = tf.data.Dataset.from_tensor_slices(examples).batch(batch_size)
         results = evaluate(strategy, model, dataset, bert_pretraining_loss_fn)
-        assert results.keys() == expected.keys()
-        for name, value in expected.items():
-            assert results[name] == pytest.approx(value, abs=1e-5), (batch_size, name)
+        assert results == {
+            "loss": pytest.approx(expected["loss"], abs=1e-5),
+            "terms": {name: pytest.approx(expected[name], abs=1e-5) for name in ("masked_lm", "next_sentence")},
+            "metrics": {name: pytest.approx(expected[name], abs=1e-5)
+                        for name in ("masked_lm_accuracy", "next_sentence_accuracy")}}, batch_size
     # max_steps: the first batch only.
     first = evaluate(strategy, model, dataset, bert_pretraining_loss_fn, max_steps=1)
-    assert first["next_sentence"] == pytest.approx(nsp_ce[:5].mean(), abs=1e-5)
+    assert first["terms"]["next_sentence"] == pytest.approx(nsp_ce[:5].mean(), abs=1e-5)
 
 
 def test_classification_loss_is_float32_cross_entropy_with_accuracy():
@@ -369,8 +395,8 @@ def test_classification_loss_is_float32_cross_entropy_with_accuracy():
     results = evaluate(tf.distribute.get_strategy(), model,
                        tf.data.Dataset.from_tensor_slices(features).batch(4), classification_loss_fn)
     assert results == {
-        "loss": pytest.approx(-log_probs[np.arange(7), features["label_ids"]].mean(), abs=1e-5),
-        "accuracy": pytest.approx((log_probs.argmax(-1) == features["label_ids"]).mean())}
+        "loss": pytest.approx(-log_probs[np.arange(7), features["label_ids"]].mean(), abs=1e-5), "terms": {},
+        "metrics": {"accuracy": pytest.approx((log_probs.argmax(-1) == features["label_ids"]).mean())}}
     terms = classification_loss_fn(model, features, False)
     assert terms["loss"][0].dtype == "float32"
 
@@ -402,7 +428,7 @@ def test_resume_continues_the_step_and_the_data_stream_of_an_interrupted_run(tmp
                                rtol=0, atol=1e-6)
     _assert_weights_close(_weights(resumed_model), _weights(straight_model), atol=1e-6)
 
-    # A dataset_fn taking start_step is given it and continues the stream itself.
+    # The dataset_fn is given the explicit start step and may continue the stream itself.
     seen_start_steps = []
     plain_fn = tiny.tiny_dataset_fn(examples, GLOBAL_BATCH)
 
@@ -435,6 +461,87 @@ def test_resume_skips_one_batch_per_local_replica_and_step():
     for pipelines, expected_first in ((1, 6), (2, 3)):
         context = tf.distribute.InputContext(num_input_pipelines=pipelines, input_pipeline_id=0,
                                              num_replicas_in_sync=2)
-        dataset = _continuing_dataset_fn(dataset_fn, 3)(context)
+        dataset = skip_consumed_batches(dataset_fn)(context, 3)
         assert int(next(iter(dataset))) == expected_first
-    assert _continuing_dataset_fn(dataset_fn, 0) is dataset_fn
+    context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=2)
+    assert int(next(iter(skip_consumed_batches(dataset_fn)(context, 0)))) == 0
+
+
+class _EpochRecorder(Callback):
+    def __init__(self):
+        self.logs = []
+
+    def on_epoch_end(self, trainer, logs):
+        self.logs.append(logs)
+
+
+def test_epoch_mode_evaluates_checkpoints_and_reports_each_epoch_and_resumes_at_an_epoch(tmp_path):
+    # Three epochs of two steps; the data stream is one epoch after another (dataset_fn continues it
+    # from the explicit start step), so a run resumed after epoch 1 sees what a straight run saw.
+    examples = tiny.tiny_examples(6 * GLOBAL_BATCH, GLOBAL_BATCH)
+    default = get_strategy("default")
+    plain_fn = tiny.tiny_dataset_fn(examples, GLOBAL_BATCH)
+    seen_start_steps = []
+
+    def dataset_fn(input_context, start_step):
+        seen_start_steps.append(start_step)
+        return plain_fn(input_context).skip(start_step)
+
+    calls, snapshots = [], {}
+    scores = {2: 0.3, 4: 0.2, 6: 0.1}
+    recorder = _EpochRecorder()
+    settings = dict(num_epochs=3, steps_per_epoch=2, steps_per_execution=5, schedule_steps=6)
+    _, straight = _train_tiny(default, tmp_path / "straight", None, examples, dataset_fn=dataset_fn,
+                              make_eval_fn=_planted_eval(scores, calls, snapshots), callbacks=[recorder],
+                              max_checkpoints_to_keep=5, **settings)
+    assert calls == [2, 4, 6] and straight.final_step == 6 and seen_start_steps == [0]
+    assert [(logs.epoch, logs.step) for logs in recorder.logs] == [(1, 2), (2, 4), (3, 6)]
+    losses = [loss for _, loss in straight.losses]
+    for index, logs in enumerate(recorder.logs):
+        assert logs.train["loss"] == pytest.approx(np.mean(losses[2 * index:2 * index + 2]), abs=1e-6)
+        assert set(logs.train["metrics"]) == {"masked_lm_accuracy", "next_sentence_accuracy"}
+        assert logs.evaluation == {"step": logs.step, "epoch": logs.epoch, "score": scores[logs.step],
+                                   "more": {"doubled": pytest.approx(2 * scores[logs.step])}}
+        assert logs.train_seconds > 0 and logs.elapsed_seconds >= logs.train_seconds
+    # Checkpoints at every epoch end although chunks could be 5 steps long.
+    assert tf.train.get_checkpoint_state(str(tmp_path / "straight")).all_model_checkpoint_paths == [
+        str(tmp_path / "straight" / f"ckpt-{step}") for step in (2, 4, 6)]
+
+    # One epoch, then the same run resumed to three: dataset_fn gets start step 2, losses continue.
+    seen_start_steps.clear()
+    recorder = _EpochRecorder()
+    _train_tiny(default, tmp_path / "resumed", None, examples, dataset_fn=dataset_fn,
+                **{**settings, "num_epochs": 1})
+    _, resumed = _train_tiny(default, tmp_path / "resumed", None, examples, dataset_fn=dataset_fn, seed=4,
+                             callbacks=[recorder], **settings)
+    assert seen_start_steps == [0, 2]
+    assert [logs.epoch for logs in recorder.logs] == [2, 3]
+    np.testing.assert_allclose([loss for _, loss in resumed.losses], losses[2:], rtol=0, atol=1e-6)
+    assert checkpoint_step(str(tmp_path / "resumed")) == 6 and checkpoint_step(str(tmp_path / "none")) == 0
+
+
+def test_epochs_of_a_run_share_one_traced_step_function(tmp_path):
+    examples = tiny.tiny_examples(2 * GLOBAL_BATCH, GLOBAL_BATCH)
+
+    class Traces(Callback):
+        counts = []
+
+        def on_epoch_end(self, trainer, logs):
+            self.counts.append(trainer._run_steps.experimental_get_tracing_count())
+
+    _, result = _train_tiny(get_strategy("default"), tmp_path, None, examples, num_epochs=3, steps_per_epoch=2,
+                            callbacks=[Traces()], summary=False)
+    # Epochs are boundaries of one run, not new runs (the old per-epoch train() call retraced each time).
+    assert result.final_step == 6 and len(Traces.counts) == 3 and len(set(Traces.counts)) == 1
+
+
+def test_settings_name_what_is_wrong(tmp_path):
+    for bad, message in ((dict(), "num_train_steps"), (dict(num_train_steps=3, num_epochs=2), "not both"),
+                         (dict(num_epochs=2), "steps_per_epoch"), (dict(num_train_steps=3, log_every_steps=0),
+                                                                    "log_every_steps")):
+        with pytest.raises(ValueError, match=message):
+            TrainSettings(model_dir=str(tmp_path), **bad).check()
+    with pytest.raises(ValueError, match="patience"):
+        EarlyStopping("loss", "min", patience=0)
+    with pytest.raises(ValueError, match="mode"):
+        BestCheckpoint("loss", "lowest")
