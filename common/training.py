@@ -524,6 +524,7 @@ class EarlyStopping(Callback):
                              step, self.since_best, self.metric, self.best_step)
 
     def on_run_begin(self, trainer, start_step, history):
+        self.best_value, self.best_step, self.since_best = None, None, 0
         for record in history:
             self._update(record, trainer.chief)
         self._check(trainer, start_step)
@@ -565,6 +566,13 @@ class Trainer:
                  settings: TrainSettings, eval_fn: Callable[[int], Mapping] | None = None,
                  callbacks: Sequence[Callback] = ()):
         settings.check()
+        needs_eval = [type(callback).__name__ for callback in callbacks
+                      if isinstance(callback, (BestCheckpoint, EarlyStopping))]
+        if eval_fn is None and (settings.eval_every_steps or needs_eval):
+            raise ValueError(f"eval_every_steps and {needs_eval or 'evaluation callbacks'} need an eval_fn")
+        directories = [callback.directory for callback in callbacks if isinstance(callback, BestCheckpoint)]
+        if len(set(directories)) < len(directories):
+            raise ValueError(f"each BestCheckpoint needs its own directory, got {directories}")
         self.strategy, self.model, self.loss_fn, self.settings = strategy, model, loss_fn, settings
         self.eval_fn, self.callbacks = eval_fn, list(callbacks)
         self.chief = is_chief(strategy)

@@ -545,3 +545,13 @@ def test_settings_name_what_is_wrong(tmp_path):
         EarlyStopping("loss", "min", patience=0)
     with pytest.raises(ValueError, match="mode"):
         BestCheckpoint("loss", "lowest")
+    with tf.distribute.get_strategy().scope():
+        model = tiny.tiny_pretrainer()
+        optimizer = create_optimizer(1e-2, 3, 0)
+    settings = TrainSettings(model_dir=str(tmp_path), num_train_steps=3)
+    with pytest.raises(ValueError, match="need an eval_fn"):
+        Trainer(tf.distribute.get_strategy(), model, optimizer, bert_pretraining_loss_fn, settings,
+                callbacks=[EarlyStopping("loss", "min")])
+    with pytest.raises(ValueError, match="its own directory"):
+        Trainer(tf.distribute.get_strategy(), model, optimizer, bert_pretraining_loss_fn, settings,
+                eval_fn=lambda step: {"loss": 0.0}, callbacks=[BestCheckpoint("loss", "min"), BestCheckpoint("x")])
