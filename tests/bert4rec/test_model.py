@@ -292,7 +292,8 @@ def hit_rate_at_10(model, features, targets, rng, num_negatives=100):
     return float(np.mean(hits))
 
 
-@pytest.mark.parametrize("model_type", ["bert4rec", "cross_attention"])
+# 300 steps each: the cross-attention run is an end-to-end run of the slow set (the default run trains BERT4Rec).
+@pytest.mark.parametrize("model_type", ["bert4rec", pytest.param("cross_attention", marks=pytest.mark.slow)])
 def test_learns_a_planted_item_order(model_type, num_steps=300):
     keras.utils.set_random_seed(1)
     rng = np.random.default_rng(0)
