@@ -185,7 +185,12 @@ def run_evaluation(model: Bert4Rec, settings: RunSettings, test_input_file: str,
                    protocols: Sequence[str] = ("pop100", "uni100", "full"),
                    exclude_history: bool = True, random_seed: int = 12345,
                    progress: bool = True) -> dict:
-    """Ranks every test user's held-out item under each protocol; returns protocol -> metrics."""
+    """Ranks every test user's held-out item under each protocol; returns protocol -> metrics.
+
+    One forward pass per batch serves every protocol: the candidates are drawn first (numpy), then one
+    traced function computes the logits, gathers the candidates' scores and counts, for full ranking,
+    the items scoring at least the target's, so no [batch, vocab] array leaves TensorFlow.
+    """
     vocab = bert4rec_data.load_vocab(settings.vocab_filename)
     histories = bert4rec_data.load_histories(settings.user_history_filename)
     sampler = CandidateSampler(vocab.item_counts, num_negatives=100, seed=random_seed,
@@ -196,26 +201,41 @@ def run_evaluation(model: Bert4Rec, settings: RunSettings, test_input_file: str,
     feature_spec = bert4rec_data.bert4rec_feature_spec(settings.max_seq_length,
                                                        settings.max_predictions_per_seq)
     dataset = make_dataset(test_input_file, feature_spec, batch_size, is_training=False)
-    next_item_logits = _logits_function(model)
+    score_fn = _scoring_function(model)
+    item_mask = tf.constant(sampler.item_mask)
     bar = tqdm(desc="evaluating", unit="user", disable=not progress)
     for features in dataset:
-        logits = next_item_logits(features).numpy()
         user_indices = features["info"].numpy()[:, 0]
         targets = features["masked_lm_ids"].numpy()[:, 0]
-        evaluator.update(user_indices, targets, logits)
+        batch = evaluator.prepare(user_indices, targets)
+        scores, at_least = score_fn(features, tf.constant(batch.columns), item_mask)
+        evaluator.add_scores(batch, scores.numpy(), at_least.numpy())
         bar.update(len(user_indices))
     bar.close()
     return evaluator.result()
 
 
-_LOGITS_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_SCORING_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _logits_function(model):
-    """One traced `next_item_logits` per model, so evaluations during training do not trace it again."""
-    if model not in _LOGITS_FUNCTIONS:
-        _LOGITS_FUNCTIONS[model] = tf.function(model.next_item_logits, reduce_retracing=True)
-    return _LOGITS_FUNCTIONS[model]
+def _scoring_function(model):
+    """One traced `candidate_scores` per model, so evaluations during training do not trace it again.
+
+    (features, columns int64 [B, C] with the target in column 0, item_mask bool [V]) ->
+    (float32 [B, C] scores at `columns`, int32 [B] real items scoring >= the target, itself included);
+    NaN scores count as -inf: `bert4rec.evaluation.score_candidates` is the numpy reference.
+    """
+    if model not in _SCORING_FUNCTIONS:
+        def candidate_scores(features, columns, item_mask):
+            logits = model.next_item_logits(features)[:, :tf.shape(item_mask)[0]]
+            logits = tf.where(tf.math.is_nan(logits), tf.constant(-float("inf"), logits.dtype), logits)
+            target_scores = tf.gather(logits, columns[:, :1], batch_dims=1)
+            at_least = tf.reduce_sum(tf.cast(tf.logical_and(logits >= target_scores, item_mask[None, :]),
+                                             tf.int32), axis=1)
+            return tf.gather(logits, columns, batch_dims=1), at_least
+
+        _SCORING_FUNCTIONS[model] = tf.function(candidate_scores, reduce_retracing=True)
+    return _SCORING_FUNCTIONS[model]
 
 
 def report_evaluation(results: dict, model_dir: str, extra: dict | None = None,

@@ -117,10 +117,11 @@ def bucket_bits_for(num_instances: int, max_seq_length: int, max_predictions_per
     return max(0, int(buckets - 1).bit_length())
 
 
-def plan_tasks(window_cells_per_user: np.ndarray, dupe_factor: int, cells_per_task: int = CELLS_PER_TASK):
+def plan_tasks(window_cells_per_user: np.ndarray, dupe_factor: int, cells_per_task: int = CELLS_PER_TASK,
+               last_item_passes: int = 1):
     """Work units (kind, pass_start, pass_stop, user_begin, user_end) whose outputs, in order, are the files' order.
 
-    Training: passes one after the other, users in order within a pass, then the last-item pass; test: users in order.
+    Training: passes one after the other, users in order within a pass, then the last-item passes; test: users in order.
     Large data: one pass over a range of users per unit. Small data: all users, several passes per unit.
     """
     num_users = len(window_cells_per_user)
@@ -131,7 +132,8 @@ def plan_tasks(window_cells_per_user: np.ndarray, dupe_factor: int, cells_per_ta
     passes_per_task = max(1, cells_per_task // max(1, int(cumulative[-1]))) if len(chunks) == 1 else 1
     tasks = [("train", start, min(start + passes_per_task, dupe_factor), begin, end)
              for start in range(0, dupe_factor, passes_per_task) for begin, end in chunks]
-    tasks += [("train_last", dupe_factor, dupe_factor + 1, begin, end) for begin, end in chunks]
+    if last_item_passes:
+        tasks += [("train_last", dupe_factor, dupe_factor + last_item_passes, begin, end) for begin, end in chunks]
     tasks += [("test", 0, 1, begin, end) for begin, end in chunks]
     return tasks
 
@@ -155,8 +157,11 @@ def output_paths(output_dir: str, dataset_name: str, signature: str) -> dict[str
             "his": f"{prefix}.his", "summary": f"{prefix}.summary.json"}
 
 
-def _validate(max_seq_length, max_predictions_per_seq, masked_lm_prob, mask_prob, dupe_factor, pool_size):
+def _validate(max_seq_length, max_predictions_per_seq, masked_lm_prob, mask_prob, dupe_factor, pool_size,
+              last_item_passes=1):
     problems = []
+    if last_item_passes < 0:
+        problems.append(f"last_item_passes must be >= 0, got {last_item_passes}")
     if max_seq_length < 1:
         problems.append(f"max_seq_length must be >= 1, got {max_seq_length}")
     if max_predictions_per_seq < 1:
@@ -176,12 +181,15 @@ def _validate(max_seq_length, max_predictions_per_seq, masked_lm_prob, mask_prob
 def generate(dataset_name: str, *, data_dir: str = "./data", output_dir: str = "./data", max_seq_length: int = 200,
              max_predictions_per_seq: int = 20, masked_lm_prob: float = 0.15, mask_prob: float = 1.0,
              dupe_factor: int = 10, prop_sliding_window: float = 0.1, signature: str = "default", pool_size: int = 10,
-             random_seed: int = 12345, cache_dir: str | None = None, show_progress: bool = True) -> dict:
+             random_seed: int = 12345, cache_dir: str | None = None, show_progress: bool = True,
+             last_item_passes: int = 1) -> dict:
     """Writes the BERT4Rec train/test TFRecords, vocabulary, histories and summary; returns the summary.
 
     `pool_size` worker processes (capped at the CPU count) share the work; it never changes the output.
+    `last_item_passes`: copies of the last-item instances (the original: 1, i.e. 1 in dupe_factor + 1 instances).
     """
-    _validate(max_seq_length, max_predictions_per_seq, masked_lm_prob, mask_prob, dupe_factor, pool_size)
+    _validate(max_seq_length, max_predictions_per_seq, masked_lm_prob, mask_prob, dupe_factor, pool_size,
+              last_item_passes)
     step = masking.sliding_step(max_seq_length, prop_sliding_window)
     data_path = prepare_dataset(dataset_name, data_dir, cache_dir)
     sequences = read_user_item_file(data_path)
@@ -196,13 +204,13 @@ def generate(dataset_name: str, *, data_dir: str = "./data", output_dir: str = "
     train_offsets = sequences.offsets - np.arange(num_users + 1)
 
     windows_per_user = masking.window_counts(np.diff(train_offsets), max_seq_length, step)
-    num_train_instances = int(windows_per_user.sum()) * (dupe_factor + 1)
+    num_train_instances = int(windows_per_user.sum()) * (dupe_factor + last_item_passes)
     bucket_bits = bucket_bits_for(num_train_instances, max_seq_length, max_predictions_per_seq)
     config = masking.MaskingConfig(
         max_seq_length=max_seq_length, max_predictions_per_seq=max_predictions_per_seq, masked_lm_prob=masked_lm_prob,
         mask_prob=mask_prob, sliding_step=step, seed=random_seed, num_items=vocab.num_items, mask_id=vocab.mask_id,
         bucket_bits=bucket_bits)
-    tasks = plan_tasks(windows_per_user * max_seq_length, dupe_factor, CELLS_PER_TASK)
+    tasks = plan_tasks(windows_per_user * max_seq_length, dupe_factor, CELLS_PER_TASK, last_item_passes)
     workers = max(1, min(pool_size, os.cpu_count() or 1, len(tasks)))
     init_args = (config, sequences.users, train_offsets, train_items, sequences.offsets, model_items)
 
@@ -214,7 +222,7 @@ def generate(dataset_name: str, *, data_dir: str = "./data", output_dir: str = "
         bucket_dir = (outputs.enter_context(tempfile.TemporaryDirectory(prefix=".buckets-", dir=output_dir))
                       if bucket_bits else None)
         with open(temp_paths["train"], "wb") as train_handle, open(temp_paths["test"], "wb") as test_handle, \
-                _progress_bar(num_users * (dupe_factor + 2), show_progress) as progress:
+                _progress_bar(num_users * (dupe_factor + last_item_passes + 1), show_progress) as progress:
             train_writer = KeyOrderWriter(TFRecordFileWriter(train_handle), bucket_bits, bucket_dir)
             test_writer = TFRecordFileWriter(test_handle)
             for task, result in zip(tasks, _run_tasks(tasks, workers, init_args)):
@@ -245,7 +253,7 @@ def generate(dataset_name: str, *, data_dir: str = "./data", output_dir: str = "
             "train": {
                 "instances": counts["train"]["instances"] + counts["train_last"]["instances"],
                 "masked_positions": counts["train"]["masked_positions"] + counts["train_last"]["masked_positions"],
-                "windows_per_pass": counts["train_last"]["instances"],
+                "windows_per_pass": int(windows_per_user.sum()),
                 "random_mask_instances": counts["train"]["instances"],
                 "last_item_instances": counts["train_last"]["instances"],
             },
@@ -253,7 +261,8 @@ def generate(dataset_name: str, *, data_dir: str = "./data", output_dir: str = "
             "random_seed": random_seed,
             "flags": {"max_seq_length": max_seq_length, "max_predictions_per_seq": max_predictions_per_seq,
                       "masked_lm_prob": masked_lm_prob, "mask_prob": mask_prob, "dupe_factor": dupe_factor,
-                      "prop_sliding_window": prop_sliding_window, "sliding_step": step},
+                      "prop_sliding_window": prop_sliding_window, "sliding_step": step,
+                      "last_item_passes": last_item_passes},
             "files": {kind: os.path.basename(path) for kind, path in paths.items()},
         }
         with atomic_output(temp_paths["summary"]) as handle:
@@ -285,6 +294,8 @@ def _define_flags():
     flags.DEFINE_string("output_dir", "./data", "Directory for the generated files.")
     flags.DEFINE_string("dataset_name", "ml-1m", "Dataset name: ml-100k, ml-1m, ml-20m or any <name>.txt in data_dir.")
     flags.DEFINE_integer("random_seed", 12345, "Random seed; same seed, same bytes.")
+    flags.DEFINE_integer("last_item_passes", 1, "Ours: passes with only each window's last item masked (the "
+                         "original's 1); more raise the share of next-item instances.")
     return flags.FLAGS
 
 
@@ -298,7 +309,7 @@ def main(argv):
         max_seq_length=FLAGS.max_seq_length, max_predictions_per_seq=FLAGS.max_predictions_per_seq,
         masked_lm_prob=FLAGS.masked_lm_prob, mask_prob=FLAGS.mask_prob, dupe_factor=FLAGS.dupe_factor,
         prop_sliding_window=FLAGS.prop_sliding_window, signature=FLAGS.signature, pool_size=FLAGS.pool_size,
-        random_seed=FLAGS.random_seed)
+        random_seed=FLAGS.random_seed, last_item_passes=FLAGS.last_item_passes)
     print(summary_line(summary, time.perf_counter() - started), flush=True)
 
 

@@ -60,7 +60,8 @@ def stream_output(keys: np.ndarray, counters) -> np.ndarray:
         return _mix64(keys + (_as_uint64(counters) + np.uint64(1)) * np.uint64(_GOLDEN_GAMMA))
 
 
-def _uniform(bits: np.ndarray) -> np.ndarray:
+def uniform_from_bits(bits: np.ndarray) -> np.ndarray:
+    """float64 in [0, 1) from the top 53 of 64 random bits."""
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
@@ -239,8 +240,8 @@ def mask_random(windows: Windows, *, seed: int, pass_index, masked_lm_prob: floa
         input_ids[rows, columns] = mask_id
     else:  # counter-based draws: skipping some never shifts the others
         row_keys, counters = keys[rows, 0], columns * _DRAWS_PER_POSITION
-        use_mask = _uniform(stream_output(row_keys, counters + _MASK_DRAW)) < mask_prob
-        keep = _uniform(stream_output(row_keys, counters + _KEEP_DRAW)) < 0.5
+        use_mask = uniform_from_bits(stream_output(row_keys, counters + _MASK_DRAW)) < mask_prob
+        keep = uniform_from_bits(stream_output(row_keys, counters + _KEEP_DRAW)) < 0.5
         random_items = _below(stream_output(row_keys, counters + _RANDOM_ITEM_DRAW), num_items) + 1
         originals = windows.tokens[rows, columns]
         input_ids[rows, columns] = np.where(use_mask, mask_id, np.where(keep, originals, random_items))
@@ -301,12 +302,12 @@ def encode_training_chunk(config: MaskingConfig, users: np.ndarray, offsets: np.
     file is still shuffled).
     """
     windows = sliding_windows(users, offsets, items, config.max_seq_length, config.sliding_step)
-    if last_item_pass:
+    passes = np.repeat(np.arange(pass_start, pass_stop), len(windows))  # one call for all passes: bigger arrays
+    windows = windows.tile(pass_stop - pass_start)
+    if last_item_pass:  # several last-item passes repeat the same instances, each at its own shuffled places
         instances = mask_last(windows, max_predictions_per_seq=config.max_predictions_per_seq, mask_id=config.mask_id)
-        passes, window_index = np.full(len(windows), pass_start), windows.window_index
+        window_index = windows.window_index
     else:
-        passes = np.repeat(np.arange(pass_start, pass_stop), len(windows))  # one call for all passes: bigger arrays
-        windows = windows.tile(pass_stop - pass_start)
         instances = mask_random(windows, seed=config.seed, pass_index=passes,
                                 masked_lm_prob=config.masked_lm_prob,
                                 max_predictions_per_seq=config.max_predictions_per_seq, mask_prob=config.mask_prob,

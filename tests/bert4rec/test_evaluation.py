@@ -219,3 +219,80 @@ def test_write_eval_results_round_trips(tmp_path):
     assert saved["lines"]["full"] == evaluation.format_original_line(results["full"])
     with pytest.raises(ValueError):
         evaluation.write_eval_results(path, results, extra={"metrics": 1})
+
+
+def successive_sampling_law(weights: dict, count: int) -> dict:
+    """Exact probability of each ordered draw of `count` items without replacement, proportional to weight."""
+    law = {(): 1.0}
+    for _ in range(count):
+        grown = {}
+        for prefix, probability in law.items():
+            left = {item: weight for item, weight in weights.items() if item not in prefix}
+            total = sum(left.values())
+            for item, weight in left.items():
+                grown[prefix + (item,)] = probability * weight / total
+        law = grown
+    return law
+
+
+@pytest.mark.parametrize("head_items, max_draws", [(0, 1024), (2, 1024), (2, 0), (100, 1024)])
+def test_pop_negatives_follow_the_exact_ordered_law_in_every_sampling_path(monkeypatch, head_items, max_draws):
+    # Head race + tail rejection (2), rejection only (0), race only (100) and the race fallback (max_draws 0:
+    # users whose history holds most of the tail fall back) must all give successive sampling's law.
+    monkeypatch.setattr(evaluation, "_HEAD_ITEMS", head_items)
+    monkeypatch.setattr(evaluation, "_MAX_DRAWS", max_draws)
+    counts = np.array([0.0, 6, 5, 4, 3, 2, 1, 1, 0])  # items 1..7; id 8 stands for [MASK]
+    sampler = CandidateSampler(counts, num_items=7)
+    num_users = 12000
+    history = [4, 5]  # excluded besides the target 7
+    negatives = sampler.negatives_batch("pop3", np.arange(num_users), np.full(num_users, 7),
+                                        [history] * num_users)
+    law = successive_sampling_law({item: counts[item] for item in (1, 2, 3, 6)}, 3)
+    observed = {}
+    for row in map(tuple, negatives.tolist()):
+        observed[row] = observed.get(row, 0) + 1
+    assert set(observed) <= set(law)
+    chi_square = sum((observed.get(key, 0) - num_users * p) ** 2 / (num_users * p) for key, p in law.items())
+    assert chi_square < 60  # 23 degrees of freedom: the 0.999 quantile is 49.7
+
+
+def test_uniform_negatives_are_uniform_over_allowed_items_in_draw_order():
+    counts = make_counts(num_items=8)
+    sampler = CandidateSampler(counts, num_items=8)
+    num_users = 6000
+    negatives = sampler.negatives_batch("uni2", np.arange(num_users), np.full(num_users, 1), [[2, 3]] * num_users)
+    first = np.bincount(negatives[:, 0], minlength=9)[4:]
+    pairs = np.bincount(negatives[:, 0] * 9 + negatives[:, 1], minlength=81)
+    np.testing.assert_allclose(first / num_users, np.full(5, 1 / 5), atol=0.02)
+    allowed_pairs = [a * 9 + b for a in range(4, 9) for b in range(4, 9) if a != b]
+    assert pairs[allowed_pairs].sum() == num_users
+    np.testing.assert_allclose(pairs[allowed_pairs] / num_users, np.full(20, 1 / 20), atol=0.012)
+
+
+def test_fewer_negatives_are_a_prefix_of_more():
+    users, targets, histories = make_users()
+    sampler = CandidateSampler(make_counts())
+    np.testing.assert_array_equal(sampler.negatives_batch("pop10", users, targets, histories),
+                                  sampler.negatives_batch("pop20", users, targets, histories)[:, :10])
+
+
+def test_prepared_scores_give_the_same_ranks_as_full_logits():
+    users, targets, histories = make_users()
+    rng = np.random.default_rng(3)
+    logits = np.round(rng.normal(size=(len(users), NUM_ITEMS + 3)), 1).astype(np.float32)
+    logits[0, 5] = np.nan
+    logits[1, targets[1]] = np.nan  # a NaN target ranks last
+    history_map = dict(zip(users.tolist(), histories))
+    sampler = CandidateSampler(make_counts())
+    whole = RankingEvaluator(sampler, ("pop10", "uni10", "full"), history_map)
+    whole.update(users, targets, logits)
+    streamed = RankingEvaluator(sampler, ("pop10", "uni10", "full"), history_map)
+    for rows in (slice(0, 7), slice(7, None)):
+        batch = streamed.prepare(users[rows], targets[rows])
+        streamed.add_scores(batch, *evaluation.score_candidates(logits[rows], batch.columns, batch.targets,
+                                                                sampler.item_mask))
+    for protocol in ("pop10", "uni10", "full"):
+        np.testing.assert_array_equal(whole.ranks(protocol), streamed.ranks(protocol))
+    np.testing.assert_array_equal(whole.ranks("full"), brute_force_full_ranks(
+        np.where(np.isnan(logits), -np.inf, logits), targets, histories))
+    assert whole.ranks("full")[1] == NUM_ITEMS - 1 - len(set(histories[1].tolist()))

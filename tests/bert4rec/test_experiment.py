@@ -1,5 +1,6 @@
 """BERT4Rec training settings checked on the real model: the 5.0 gradient clip, the weight-decay exclusions,
-and what `--exclude_history=false` excludes when a history is longer than the model's window."""
+what `--exclude_history=false` excludes when a history is longer than the model's window, and the one-pass
+TensorFlow scoring of `run_evaluation` against the numpy evaluator."""
 
 
 import keras
@@ -7,10 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bert4rec import experiment
+from bert4rec import data as bert4rec_data
+from bert4rec import evaluation, experiment
 from bert4rec.gen_data_fin import generate
 from bert4rec.model import Bert4Rec
 from common.config import BertConfig
+from common.tfrecords import make_dataset
 
 
 def tiny_config(vocab_size=40, max_positions=20):
@@ -105,3 +108,45 @@ def test_exclude_history_false_excludes_only_the_window_of_a_long_history(tmp_pa
     # Window only: the target and the window - 1 items before it are excluded; the 9 older items compete too.
     assert ranks[False]["ap"] == pytest.approx(1 / (1 + items - window))
     assert ranks[True]["valid_user"] == ranks[False]["valid_user"] == 8
+
+
+class TiedScores:
+    """A stand-in model with many ties: item scores rounded to a coarse grid, one NaN item."""
+
+    def __init__(self, vocab_size):
+        self.vocab_size = vocab_size
+
+    def next_item_logits(self, features):
+        users = tf.cast(features["info"][:, :1], tf.float32)
+        items = tf.cast(tf.range(self.vocab_size)[None, :], tf.float32)
+        scores = tf.round(3.0 * tf.sin(0.7 * items * (users + 1.0)))
+        return tf.where(tf.equal(items, 7.0), float("nan"), scores)
+
+
+def test_run_evaluation_equals_the_numpy_evaluator_on_the_same_logits(tmp_path):
+    rng = np.random.default_rng(5)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with open(data_dir / "tied.txt", "w") as handle:
+        for user in range(1, 21):
+            handle.writelines(f"{user} {item}\n" for item in rng.integers(1, 150, size=rng.integers(3, 12)))
+    summary = generate("tied", data_dir=str(data_dir), output_dir=str(data_dir), max_seq_length=6,
+                       max_predictions_per_seq=2, masked_lm_prob=0.2, dupe_factor=1, prop_sliding_window=0.5,
+                       signature="", pool_size=1, show_progress=False)
+    settings = experiment.RunSettings(bert_config_file="unused", vocab_filename=str(data_dir / "tied.vocab"),
+                                      user_history_filename=str(data_dir / "tied.his"), max_seq_length=6,
+                                      max_predictions_per_seq=2)
+    model = TiedScores(summary["vocab_size"])
+    protocols = ("pop20", "uni20", "full")
+    results = experiment.run_evaluation(model, settings, str(data_dir / "tied.test.tfrecord"), batch_size=7,
+                                        protocols=protocols, progress=False)
+    vocab = bert4rec_data.load_vocab(settings.vocab_filename)
+    features = next(iter(make_dataset(str(data_dir / "tied.test.tfrecord"),
+                                      bert4rec_data.bert4rec_feature_spec(6, 2), 100, is_training=False)))
+    expected = evaluation.evaluate_logits(
+        vocab.item_counts, features["info"].numpy()[:, 0], features["masked_lm_ids"].numpy()[:, 0],
+        model.next_item_logits(features).numpy(), bert4rec_data.load_histories(settings.user_history_filename),
+        protocols=protocols, num_items=vocab.num_items)
+    assert results["full"]["valid_user"] == 20
+    for protocol in protocols:
+        assert results[protocol] == pytest.approx(expected[protocol])

@@ -316,3 +316,25 @@ def test_script_runs_as_file_from_its_directory_and_as_module(toy_dir, tmp_path)
     assert result.returncode == 1
     assert "bad.txt:2: expected two integers" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "bad_out").exists() or os.listdir(tmp_path / "bad_out") == []
+
+
+def test_more_last_item_passes_repeat_the_last_item_instances_and_keep_the_rest(toy_dir, tmp_path):
+    one = _generate(toy_dir, tmp_path / "one")
+    three = _generate(toy_dir, tmp_path / "three", last_item_passes=3)
+    windows = one["train"]["windows_per_pass"]
+    assert three["train"]["last_item_instances"] == 3 * one["train"]["last_item_instances"] == 3 * windows
+    assert three["train"]["random_mask_instances"] == one["train"]["random_mask_instances"]
+
+    def instance_counts(path):
+        instances = _read_instances(path)
+        rows = np.concatenate([instances["input_ids"], instances["masked_lm_positions"]], axis=1)
+        unique, counts = np.unique(rows, axis=0, return_counts=True)
+        return dict(zip(map(bytes, unique), counts))
+
+    before, after = instance_counts(tmp_path / "one" / "toy-t.train.tfrecord"), instance_counts(
+        tmp_path / "three" / "toy-t.train.tfrecord")
+    is_last_item = {key for key in after if after[key] != before.get(key)}
+    assert sum(after[key] - before[key] for key in is_last_item) == 2 * windows  # two more copies of each
+    assert _generate(toy_dir, tmp_path / "none", last_item_passes=0)["train"]["last_item_instances"] == 0
+    with pytest.raises(ValueError, match="last_item_passes"):
+        _generate(toy_dir, tmp_path / "bad", last_item_passes=-1)
