@@ -24,6 +24,7 @@ LEARNING_RATE="${LEARNING_RATE:-1e-4}"
 PROP_SLIDING_WINDOW="${PROP_SLIDING_WINDOW:-0.5}"
 MASK_PROB="${MASK_PROB:-1.0}"
 DUPE_FACTOR="${DUPE_FACTOR:-10}"
+LAST_ITEM_PASSES="${LAST_ITEM_PASSES:-1}"          # ours: the original writes one last-item pass
 POOL_SIZE="${POOL_SIZE:-10}"
 RANDOM_SEED="${RANDOM_SEED:-12345}"
 MODEL="${MODEL:-bert4rec}"                       # or cross_attention
@@ -33,7 +34,9 @@ SAVE_CHECKPOINTS_STEPS="${SAVE_CHECKPOINTS_STEPS:-1000}"
 ITERATIONS_PER_LOOP="${ITERATIONS_PER_LOOP:-20}"
 BERT_CONFIG="${BERT_CONFIG:-bert4rec/bert_train/bert_config_${DATASET}_${DIM}.json}"
 
-signature="${SIGNATURE:--mp${MASK_PROB}-sw${PROP_SLIDING_WINDOW}-mlp${MASKED_LM_PROB}-df${DUPE_FACTOR}-mpps${MAX_PREDICTIONS_PER_SEQ}-msl${MAX_SEQ_LENGTH}-fin}"
+last_item_tag=""
+[ "${LAST_ITEM_PASSES}" = 1 ] || last_item_tag="-li${LAST_ITEM_PASSES}"
+signature="${SIGNATURE:--mp${MASK_PROB}-sw${PROP_SLIDING_WINDOW}-mlp${MASKED_LM_PROB}-df${DUPE_FACTOR}${last_item_tag}-mpps${MAX_PREDICTIONS_PER_SEQ}-msl${MAX_SEQ_LENGTH}-fin}"
 
 python -u -m bert4rec.gen_data_fin \
     --dataset_name="${DATASET}" \
@@ -43,6 +46,7 @@ python -u -m bert4rec.gen_data_fin \
     --max_predictions_per_seq="${MAX_PREDICTIONS_PER_SEQ}" \
     --mask_prob="${MASK_PROB}" \
     --dupe_factor="${DUPE_FACTOR}" \
+    --last_item_passes="${LAST_ITEM_PASSES}" \
     --masked_lm_prob="${MASKED_LM_PROB}" \
     --prop_sliding_window="${PROP_SLIDING_WINDOW}" \
     --signature="${signature}" \

@@ -423,7 +423,10 @@ class RankingEvaluator:
                 target_scores = scores64[:, :1]
                 history = scores64[:, batch.history_slice]
                 beaten_by_history = ((history >= target_scores) & batch.history_valid).sum(axis=1)
-                ranks = np.asarray(at_least, dtype=np.int64) - 1 - beaten_by_history
+                # A NaN or -inf target (NaN counts as -inf) ties with every item.
+                at_least = np.where(target_scores[:, 0] > -np.inf, np.asarray(at_least, dtype=np.int64),
+                                    int(self.sampler.item_mask.sum()))
+                ranks = at_least - 1 - beaten_by_history
             self._ranks[protocol].append(ranks.astype(np.int64))
 
     def update(self, user_indices, targets, logits) -> None:

@@ -10,6 +10,7 @@ import time
 import weakref
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 from tqdm.auto import tqdm
@@ -201,14 +202,22 @@ def run_evaluation(model: Bert4Rec, settings: RunSettings, test_input_file: str,
     feature_spec = bert4rec_data.bert4rec_feature_spec(settings.max_seq_length,
                                                        settings.max_predictions_per_seq)
     dataset = make_dataset(test_input_file, feature_spec, batch_size, is_training=False)
-    score_fn = _scoring_function(model)
-    item_mask = tf.constant(sampler.item_mask)
+    num_items = int(sampler.item_ids.size)
+    if hasattr(model, "output_table") and np.array_equal(sampler.item_ids, np.arange(1, num_items + 1)):
+        # Items are ids 1..num_items: score against that slice of the output table, transposed once here
+        # (a [hidden, items] operand multiplies twice as fast as transpose_b on this CPU).
+        if not model.masked_lm.built:  # a fresh model: one forward pass creates the weights
+            model.next_item_logits(next(iter(dataset)))
+        table = tf.transpose(model.output_table()[1:num_items + 1])
+        score_fn, first_id, extra = _scoring_function(model, "states"), 1, table
+    else:  # any model with next_item_logits (and any item set): the full logits, masked
+        score_fn, first_id, extra = _scoring_function(model, "logits"), 0, tf.constant(sampler.item_mask)
     bar = tqdm(desc="evaluating", unit="user", disable=not progress)
     for features in dataset:
         user_indices = features["info"].numpy()[:, 0]
         targets = features["masked_lm_ids"].numpy()[:, 0]
         batch = evaluator.prepare(user_indices, targets)
-        scores, at_least = score_fn(features, tf.constant(batch.columns), item_mask)
+        scores, at_least = score_fn(features, tf.constant(batch.columns - first_id), extra)
         evaluator.add_scores(batch, scores.numpy(), at_least.numpy())
         bar.update(len(user_indices))
     bar.close()
@@ -218,24 +227,31 @@ def run_evaluation(model: Bert4Rec, settings: RunSettings, test_input_file: str,
 _SCORING_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _scoring_function(model):
-    """One traced `candidate_scores` per model, so evaluations during training do not trace it again.
+def _scoring_function(model, kind: str):
+    """One traced scoring function per model and kind, so evaluations during training do not trace again.
 
-    (features, columns int64 [B, C] with the target in column 0, item_mask bool [V]) ->
-    (float32 [B, C] scores at `columns`, int32 [B] real items scoring >= the target, itself included);
-    NaN scores count as -inf: `bert4rec.evaluation.score_candidates` is the numpy reference.
+    (features, columns int64 [B, C] with the target in column 0, extra) -> (float32 [B, C] scores at
+    `columns`, int32 [B] items scoring >= the target, itself included; a NaN score is never counted).
+    kind "states": extra is the transposed output table [hidden + 1, items] and columns index its items;
+    kind "logits": extra is the bool item mask [vocab] and columns are vocabulary ids.
+    `bert4rec.evaluation.score_candidates` is the numpy reference (it also counts every item for a NaN
+    target, which `RankingEvaluator.add_scores` does for this function's output).
     """
-    if model not in _SCORING_FUNCTIONS:
-        def candidate_scores(features, columns, item_mask):
-            logits = model.next_item_logits(features)[:, :tf.shape(item_mask)[0]]
-            logits = tf.where(tf.math.is_nan(logits), tf.constant(-float("inf"), logits.dtype), logits)
+    functions = _SCORING_FUNCTIONS.setdefault(model, {})
+    if kind not in functions:
+        def candidate_scores(features, columns, extra):
+            if kind == "states":
+                logits = tf.linalg.matmul(model.next_item_states(features), extra)
+            else:
+                logits = model.next_item_logits(features)[:, :tf.shape(extra)[0]]
             target_scores = tf.gather(logits, columns[:, :1], batch_dims=1)
-            at_least = tf.reduce_sum(tf.cast(tf.logical_and(logits >= target_scores, item_mask[None, :]),
-                                             tf.int32), axis=1)
-            return tf.gather(logits, columns, batch_dims=1), at_least
+            at_least = logits >= target_scores
+            if kind == "logits":
+                at_least = tf.logical_and(at_least, extra[None, :])
+            return tf.gather(logits, columns, batch_dims=1), tf.reduce_sum(tf.cast(at_least, tf.int32), axis=1)
 
-        _SCORING_FUNCTIONS[model] = tf.function(candidate_scores, reduce_retracing=True)
-    return _SCORING_FUNCTIONS[model]
+        functions[kind] = tf.function(candidate_scores, reduce_retracing=True)
+    return functions[kind]
 
 
 def report_evaluation(results: dict, model_dir: str, extra: dict | None = None,

@@ -160,23 +160,50 @@ class Bert4Rec(keras.Model):
         The masked-LM head after its gather (dense + GELU, LayerNorm, tied output layer, output bias),
         so callers can run it on just the positions that count.
         """
-        head = self.masked_lm
-        hidden = head._intermediate_layer_norm(head._intermediate_dense(ops.cast(masked_states, "float32")))
         # The output bias rides in the matmul as one more column (its gradient then comes from the matmul,
         # not from a sum over [n, vocab]); transpose_b: no per-step transposed copy of the item table.
-        table = tf.concat([ops.cast(self.encoder.token_embedding.embeddings, "float32"),
-                           tf.cast(head._bias, tf.float32)[:, None]], axis=1)
-        hidden = tf.concat([hidden, tf.ones_like(hidden[:, :1])], axis=1)
-        return tf.linalg.matmul(hidden, table, transpose_b=True)
+        return tf.linalg.matmul(self.head_states(masked_states), self.output_table(), transpose_b=True)
+
+    def head_states(self, masked_states):
+        """float32 `[n, hidden + 1]`: the head's transform of `[n, hidden]` states, then a column of ones."""
+        head = self.masked_lm
+        hidden = head._intermediate_layer_norm(head._intermediate_dense(ops.cast(masked_states, "float32")))
+        return tf.concat([hidden, tf.ones_like(hidden[:, :1])], axis=1)
+
+    def output_table(self):
+        """float32 `[vocab_size, hidden + 1]`: the tied item embeddings with the output bias as last column;
+        logits = head_states @ output_table^T."""
+        return tf.concat([ops.cast(self.encoder.token_embedding.embeddings, "float32"),
+                          tf.cast(self.masked_lm._bias, tf.float32)[:, None]], axis=1)
+
+    def next_item_states(self, features, length_buckets: int = LENGTH_BUCKETS):
+        """float32 `[batch, hidden + 1]` head states at each test instance's single masked position,
+        `masked_lm_positions[:, 0]` (inference mode): next_item_logits = next_item_states @ output_table^T.
+
+        As in training (`bert4rec_loss`), rows are encoded in `length_buckets` groups of similar history
+        length, each cut to its own longest history (rows are independent: the same states, in input order).
+        """
+        if length_buckets <= 1 or features.get("input_mask") is None:
+            return self.head_states(self._first_position_states(features))
+        names = ("input_ids", "input_mask", "masked_lm_positions")
+        features = {name: tf.convert_to_tensor(features[name]) for name in names}
+        order = tf.argsort(history_lengths(features))
+        bounds = tf.range(length_buckets + 1) * tf.size(order) // length_buckets
+        states = [self._first_position_states({name: tf.gather(value, order[bounds[bucket]:bounds[bucket + 1]])
+                                               for name, value in features.items()})
+                  for bucket in range(length_buckets)]
+        return self.head_states(tf.gather(tf.concat(states, axis=0), tf.argsort(order)))
+
+    def _first_position_states(self, features):
+        sequence_output = self._encode(features, training=False, trim_padding=True)
+        # tf.gather, not ops.take_along_axis: the same rows, without TensorFlow's C++ notice "oneDNN supports
+        # DT_INT64 only on platforms with AVX-512" at the first trace.
+        return tf.gather(sequence_output, features["masked_lm_positions"][:, 0], batch_dims=1)
 
     def next_item_logits(self, features):
         """Full-vocabulary float32 logits `[batch, vocab_size]` at each test instance's single masked
         position, `masked_lm_positions[:, 0]` (inference mode)."""
-        sequence_output = self._encode(features, training=False, trim_padding=True)
-        # tf.gather, not ops.take_along_axis: the same rows, without TensorFlow's C++ notice "oneDNN supports
-        # DT_INT64 only on platforms with AVX-512" at the first trace.
-        masked_states = tf.gather(sequence_output, features["masked_lm_positions"][:, 0], batch_dims=1)
-        return self.item_logits(masked_states)
+        return tf.linalg.matmul(self.next_item_states(features), self.output_table(), transpose_b=True)
 
 
 def bert4rec_loss_all_slots(model: Bert4Rec, features, training=None):

@@ -63,6 +63,8 @@ def beauty_like(num_users: int = BEAUTY_USERS, num_items: int = BEAUTY_ITEMS,
     repeated = np.ones(total, dtype=bool)
     repeated[np.unique(items, return_index=True)[1]] = False
     free = np.flatnonzero(repeated & ~follows & (group_of_item[items] != group))
+    if free.size < missing.size:
+        raise ValueError(f"{interactions} interactions are too few to cover {num_items} items")
     items[rng.choice(free, size=missing.size, replace=False)] = missing
     return user_of + 1, items + 1
 

@@ -123,7 +123,8 @@ class TiedScores:
         return tf.where(tf.equal(items, 7.0), float("nan"), scores)
 
 
-def test_run_evaluation_equals_the_numpy_evaluator_on_the_same_logits(tmp_path):
+@pytest.mark.parametrize("model_kind", ["tied_scores", "bert4rec"])
+def test_run_evaluation_equals_the_numpy_evaluator_on_the_same_logits(tmp_path, model_kind):
     rng = np.random.default_rng(5)
     data_dir = tmp_path / "data"
     data_dir.mkdir()
@@ -136,7 +137,11 @@ def test_run_evaluation_equals_the_numpy_evaluator_on_the_same_logits(tmp_path):
     settings = experiment.RunSettings(bert_config_file="unused", vocab_filename=str(data_dir / "tied.vocab"),
                                       user_history_filename=str(data_dir / "tied.his"), max_seq_length=6,
                                       max_predictions_per_seq=2)
-    model = TiedScores(summary["vocab_size"])
+    if model_kind == "tied_scores":  # the generic path: full logits, masked
+        model = TiedScores(summary["vocab_size"])
+    else:  # the model's own path: head states against the transposed item table
+        keras.utils.set_random_seed(3)
+        model = Bert4Rec(tiny_config(vocab_size=summary["vocab_size"], max_positions=6))
     protocols = ("pop20", "uni20", "full")
     results = experiment.run_evaluation(model, settings, str(data_dir / "tied.test.tfrecord"), batch_size=7,
                                         protocols=protocols, progress=False)

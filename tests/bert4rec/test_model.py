@@ -162,6 +162,19 @@ def test_next_item_logits_are_the_first_masked_position_in_inference_mode():
                                model(features, training=False).numpy()[:, 0, :], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rows, length_buckets", [(9, 4), (3, 4), (9, 8)])
+def test_bucketed_next_item_states_equal_the_whole_batch_in_input_order(rows, length_buckets):
+    keras.utils.set_random_seed(4)
+    model = Bert4Rec(tiny_config())
+    features = {name: value[:rows] for name, value in bucket_features(np.random.default_rng(4)).items()}
+    whole = tf.linalg.matmul(model.next_item_states(features, length_buckets=1), model.output_table(),
+                             transpose_b=True)
+    np.testing.assert_allclose(whole.numpy(), model(features, training=False).numpy()[:, 0, :], rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(model.next_item_states(features, length_buckets=length_buckets).numpy(),
+                               model.next_item_states(features, length_buckets=1).numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_output_layer_is_tied_to_the_item_embedding():
     keras.utils.set_random_seed(4)
     config = tiny_config()

@@ -72,6 +72,7 @@ def test_script_passes_the_original_hyper_parameters(dataset, tmp_path):
     gen_expected, run_expected = ORIGINAL[dataset]
     assert {key: gen_flags[key] for key in gen_expected} == gen_expected
     assert gen_flags["dataset_name"] == dataset
+    assert gen_flags["last_item_passes"] == "1"  # the original's single last-item pass
     assert {key: run_flags[key] for key in run_expected} == run_expected
     assert run_flags["max_seq_length"] == gen_expected["max_seq_length"]
     assert run_flags["max_predictions_per_seq"] == gen_expected["max_predictions_per_seq"]
