@@ -209,9 +209,10 @@ def run_evaluation(model: Bert4Rec, settings: RunSettings, test_input_file: str,
         if not model.masked_lm.built:  # a fresh model: one forward pass creates the weights
             model.next_item_logits(next(iter(dataset)))
         table = tf.transpose(model.output_table()[1:num_items + 1])
-        score_fn, first_id, extra = _scoring_function(model, "states"), 1, table
+        kind, first_id, extra = "states", 1, table
     else:  # any model with next_item_logits (and any item set): the full logits, masked
-        score_fn, first_id, extra = _scoring_function(model, "logits"), 0, tf.constant(sampler.item_mask)
+        kind, first_id, extra = "logits", 0, tf.constant(sampler.item_mask)
+    score_fn = _scoring_function(model, kind, dataset.element_spec, extra)
     bar = tqdm(desc="evaluating", unit="user", disable=not progress)
     for features in dataset:
         user_indices = features["info"].numpy()[:, 0]
@@ -227,8 +228,9 @@ def run_evaluation(model: Bert4Rec, settings: RunSettings, test_input_file: str,
 _SCORING_FUNCTIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _scoring_function(model, kind: str):
-    """One traced scoring function per model and kind, so evaluations during training do not trace again.
+def _scoring_function(model, kind: str, feature_spec, extra):
+    """One traced scoring function per model, kind and input signature, so evaluations during training
+    do not trace it again, and one evaluation traces it once (batch and candidate counts are dynamic).
 
     (features, columns int64 [B, C] with the target in column 0, extra) -> (float32 [B, C] scores at
     `columns`, int32 [B] items scoring >= the target, itself included; a NaN score is never counted).
@@ -237,8 +239,11 @@ def _scoring_function(model, kind: str):
     `bert4rec.evaluation.score_candidates` is the numpy reference (it also counts every item for a NaN
     target, which `RankingEvaluator.add_scores` does for this function's output).
     """
+    signature = (feature_spec, tf.TensorSpec([None, None], tf.int64), tf.TensorSpec(extra.shape, extra.dtype))
+    key = (kind, repr(signature))
     functions = _SCORING_FUNCTIONS.setdefault(model, {})
-    if kind not in functions:
+    if key not in functions:
+        @tf.autograph.experimental.do_not_convert  # plain Python branches on `kind`; nothing to convert
         def candidate_scores(features, columns, extra):
             if kind == "states":
                 logits = tf.linalg.matmul(model.next_item_states(features), extra)
@@ -250,8 +255,8 @@ def _scoring_function(model, kind: str):
                 at_least = tf.logical_and(at_least, extra[None, :])
             return tf.gather(logits, columns, batch_dims=1), tf.reduce_sum(tf.cast(at_least, tf.int32), axis=1)
 
-        functions[kind] = tf.function(candidate_scores, reduce_retracing=True)
-    return functions[kind]
+        functions[key] = tf.function(candidate_scores, input_signature=signature)
+    return functions[key]
 
 
 def report_evaluation(results: dict, model_dir: str, extra: dict | None = None,
