@@ -128,6 +128,23 @@ def main() -> None:
         row = compare_files([path])[0]
         return {**{key: round(row[key], 4) for key in METRICS}, "extract_seconds": round(time.perf_counter() - started, 1)}
 
+    def summarize(done_seeds: list[int]) -> dict:
+        """The summary line over the seeds finished so far (printed after each seed)."""
+        summary = {kind: {metric: mean_sd([row[metric] for row in rows]) for metric in METRICS}
+                   for kind, rows in results.items()}
+        for kind in ("dml", "classified"):
+            if kind in results:
+                summary[kind]["chosen_epochs"] = [row["chosen_epoch"] for row in results[kind]]
+                summary[kind]["minutes"] = [row["minutes"] for row in results[kind]]
+        emit({"step": "summary", "seeds": done_seeds, "mean_sd_on_test": summary,
+              "budget_sentence_passes": budget, "dml": f"{args.dml_epochs} epochs x {args.dml_triplets} triplets, "
+              f"batch {args.batchsize}", "classifier": f"{args.cls_epochs} epochs x {cls_per_epoch} texts, batch "
+              f"{args.cls_batchsize}", "learnrate": args.learnrate, "bias_correction": bias_correction,
+              "selection": "validation only (DML: kNN-10, classifier: UAR)", "val_size": args.val_size,
+              "minutes": round((time.perf_counter() - started_all) / 60, 1),
+              "load_average_1min": round(os.getloadavg()[0], 2), "cpu_count": os.cpu_count()})
+        return summary
+
     if "embed" not in skip:
         for pooling, kind in (("POOLED", "embed"), ("REDUCE_MEAN", "embed-mean")):
             row = test_metrics("embed", os.path.join(args.out_dir), preset=preset, pooling=pooling,
@@ -180,23 +197,6 @@ def main() -> None:
     rows = [{"features": kind, **{metric: values[0] for metric, values in summary[kind].items() if metric in METRICS}}
             for kind in summary]
     print(format_table(rows, METRICS, "features"))
-
-    def summarize(done_seeds: list[int]) -> dict:
-        """The summary line over the seeds finished so far (printed after each seed)."""
-        summary = {kind: {metric: mean_sd([row[metric] for row in rows]) for metric in METRICS}
-                   for kind, rows in results.items()}
-        for kind in ("dml", "classified"):
-            if kind in results:
-                summary[kind]["chosen_epochs"] = [row["chosen_epoch"] for row in results[kind]]
-                summary[kind]["minutes"] = [row["minutes"] for row in results[kind]]
-        emit({"step": "summary", "seeds": done_seeds, "mean_sd_on_test": summary,
-              "budget_sentence_passes": budget, "dml": f"{args.dml_epochs} epochs x {args.dml_triplets} triplets, "
-              f"batch {args.batchsize}", "classifier": f"{args.cls_epochs} epochs x {cls_per_epoch} texts, batch "
-              f"{args.cls_batchsize}", "learnrate": args.learnrate, "bias_correction": bias_correction,
-              "selection": "validation only (DML: kNN-10, classifier: UAR)", "val_size": args.val_size,
-              "minutes": round((time.perf_counter() - started_all) / 60, 1),
-              "load_average_1min": round(os.getloadavg()[0], 2), "cpu_count": os.cpu_count()})
-        return summary
 
 
 if __name__ == "__main__":
