@@ -304,7 +304,7 @@ class SentenceEncoder:
     def from_folder(cls, folder: str | os.PathLike, **overrides) -> "SentenceEncoder":
         """A pretrained folder (Google, keras-hub, Hugging Face or sentence-transformers); the
         sentence-transformers settings found there apply unless `overrides` say otherwise."""
-        from common.checkpoints import load_pretrained_folder
+        from common.model_source import load_pretrained_folder
         from common.tokenization import BertTokenizer
 
         settings = read_sentence_transformers_settings(folder)

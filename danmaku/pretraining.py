@@ -142,7 +142,7 @@ def resolve_config(settings: PretrainingSettings) -> tuple[BertConfig, str]:
     if settings.bert_config_file:
         raise UserError(f"{settings.bert_config_file}: no such --bert_config_file")
     if settings.init_checkpoint and io_utils.isfile(io_utils.join(settings.init_checkpoint, "config.json")):
-        from common.checkpoints import load_pretrained_folder  # Hugging Face / keras-hub folder
+        from common.model_source import load_pretrained_folder  # Hugging Face / keras-hub folder
         return load_pretrained_folder(settings.init_checkpoint).config, settings.init_checkpoint
     raise UserError("--bert_config_file is required (no bert_config.json in --output_dir or beside "
                     "--init_checkpoint)")

@@ -5,6 +5,12 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
+
+from common import cli  # noqa: E402
+
+# Each pytest-xdist worker imports TensorFlow outside pytest's capture: keep its start-up notices off the terminal.
+cli.quiet_tensorflow([])
+
 import tensorflow as tf  # noqa: E402
 
 # Logical devices can only be configured before TensorFlow initialises its runtime, so do it here.

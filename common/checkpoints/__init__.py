@@ -13,10 +13,3 @@ from common.checkpoints.huggingface import load_hugging_face_folder
 from common.checkpoints.mapping import CheckpointMismatchError
 from common.checkpoints.restore import load_model_checkpoint, make_checkpoint_manager, restore_checkpoint, restore_latest
 
-
-def __getattr__(name: str):
-    # Loading a whole pretrained folder (config, encoder, vocabulary) moved to common.model_source.
-    if name in ("PretrainedBert", "load_pretrained_folder"):
-        from common import model_source
-        return getattr(model_source, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,12 +13,11 @@ import tensorflow as tf
 
 from common.checkpoints import (
     CheckpointMismatchError,
-    PretrainedBert,
     load_google_bert_folder,
     load_google_checkpoint,
-    load_pretrained_folder,
     save_google_checkpoint,
 )
+from common.model_source import PretrainedBert, load_pretrained_folder
 from common.config import BertConfig
 from numpy_reference import gelu_erf, layer_norm
 from common.encoder import BertEncoder
