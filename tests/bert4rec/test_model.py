@@ -444,7 +444,7 @@ def test_bucketed_loss_trains_in_a_tf_function_with_dynamic_batch_sizes():
     @tf.function(input_signature=[signature])
     def train_step(batch):
         with tf.GradientTape() as tape:
-            # 4 groups (not the default 8) halve the trace; batches of 3, 1 and 0 rows are still below the count.
+            # 4 groups (not the default 8) trace faster; batches of 3, 1 and 0 rows are still below the count.
             loss_sum, normalizer = bert4rec_loss(model, batch, training=True, length_buckets=4)
         gradients = tape.gradient(loss_sum, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
