@@ -58,6 +58,8 @@ RECIPES = {
     "warmup2%": {"warmup_share": 0.02},
     "batch128": {"batch_size": 128, "learning_rate": 1.4e-3, "steps_scale": 0.5},
     "buckets1": {"length_buckets": 1},
+    "dupe40": {"dupe_factor": 40},
+    "dim128": {"config": "bert_config_ml-100k_128.json"},
 }
 
 
@@ -83,12 +85,13 @@ def measure(name: str, data_file: str, recipe_name: str, work: str, args) -> dic
     masked_lm_prob = spec["masked_lm_prob"] * scale
     max_predictions = round(spec["max_predictions_per_seq"] * scale)
     generate(name, data_dir=data_dir, output_dir=data_dir, max_seq_length=spec["max_seq_length"],
-             max_predictions_per_seq=max_predictions, masked_lm_prob=masked_lm_prob, mask_prob=1.0, dupe_factor=10,
+             max_predictions_per_seq=max_predictions, masked_lm_prob=masked_lm_prob, mask_prob=1.0,
+             dupe_factor=recipe.get("dupe_factor", 10),
              prop_sliding_window=spec["prop_sliding_window"], signature="-ttq", pool_size=1, show_progress=False,
              last_item_passes=recipe.get("last_item_passes", 1))
     prefix = os.path.join(data_dir, f"{name}-ttq")
     settings = experiment.RunSettings(
-        bert_config_file=os.path.join(REPO, "bert4rec", "bert_train", spec["config"]),
+        bert_config_file=os.path.join(REPO, "bert4rec", "bert_train", recipe.get("config", spec["config"])),
         vocab_filename=prefix + ".vocab", user_history_filename=prefix + ".his",
         max_seq_length=spec["max_seq_length"], max_predictions_per_seq=max_predictions)
     batch_size = recipe.get("batch_size", args.batch_size)
