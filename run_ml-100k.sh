@@ -4,7 +4,7 @@
 # pipeline is run_ml-1m.sh's, with the original ml-1m settings except a training budget sized for about 7.5
 # minutes on 2 CPU cores (README): batch 64 (more updates per second learn faster under a fixed wall-clock
 # budget: bench/bert4rec_quality.py), a larger learning rate for the short schedule, and a 128-wide model
-# # (bert_config_ml-100k_128.json; chosen on the validation split: bench/bert4rec_time_to_quality.py).
+# (bert_config_ml-100k_128.json; chosen on the validation split: bench/bert4rec_time_to_quality.py).
 # float32: bfloat16 was measured no faster for the 64-wide model (bench/bert4rec_train.py; not measured at
 # 128) and drops 20.3% instead of 20%.
 # Override anything, e.g. the previous 64-wide budget: DIM=64 NUM_TRAIN_STEPS=2400 NUM_WARMUP_STEPS=240 ./run_ml-100k.sh
