@@ -61,6 +61,29 @@ def load_reference(rev: str):
     return module
 
 
+def time_beauty_evaluation(work: str, batch_size: int = 256):
+    """Writes the Beauty-shaped test set into `work` and times `run_evaluation` (all protocols) twice.
+
+    Returns (gen_data summary, RunSettings, file prefix, the untrained model, [first, second] seconds,
+    the second run's metrics by protocol)."""
+    write_user_item_file(os.path.join(work, "beauty.txt"), *beauty_like(seed=0))
+    summary = generate("beauty", data_dir=work, output_dir=work, max_seq_length=50, max_predictions_per_seq=30,
+                       masked_lm_prob=0.6, mask_prob=1.0, dupe_factor=1, prop_sliding_window=0.1, signature="",
+                       pool_size=1, show_progress=False)
+    prefix = os.path.join(work, "beauty")
+    settings = experiment.RunSettings(bert_config_file=CONFIG, vocab_filename=prefix + ".vocab",
+                                      user_history_filename=prefix + ".his", max_seq_length=50,
+                                      max_predictions_per_seq=30)
+    model = experiment.build_model(BertConfig.from_json_file(CONFIG))
+    timings = []
+    for _ in range(2):
+        started = time.perf_counter()
+        results = experiment.run_evaluation(model, settings, prefix + ".test.tfrecord", batch_size=batch_size,
+                                            protocols=PROTOCOLS, progress=False)
+        timings.append(time.perf_counter() - started)
+    return summary, settings, prefix, model, timings, results
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference_users", type=int, default=2048)
@@ -69,21 +92,7 @@ def main():
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="bert4rec_eval_")
     try:
-        write_user_item_file(os.path.join(work, "beauty.txt"), *beauty_like(seed=0))
-        summary = generate("beauty", data_dir=work, output_dir=work, max_seq_length=50, max_predictions_per_seq=30,
-                           masked_lm_prob=0.6, mask_prob=1.0, dupe_factor=1, prop_sliding_window=0.1, signature="",
-                           pool_size=1, show_progress=False)
-        prefix = os.path.join(work, "beauty")
-        settings = experiment.RunSettings(bert_config_file=CONFIG, vocab_filename=prefix + ".vocab",
-                                          user_history_filename=prefix + ".his", max_seq_length=50,
-                                          max_predictions_per_seq=30)
-        model = experiment.build_model(BertConfig.from_json_file(CONFIG))
-        timings = []
-        for _ in range(2):
-            started = time.perf_counter()
-            results = experiment.run_evaluation(model, settings, prefix + ".test.tfrecord", batch_size=args.batch_size,
-                                                protocols=PROTOCOLS, progress=False)
-            timings.append(time.perf_counter() - started)
+        summary, settings, prefix, model, timings, results = time_beauty_evaluation(work, args.batch_size)
 
         # The same users' full ranks from our evaluator's numpy path, and the reference on the first users.
         reference = load_reference(args.reference_rev)

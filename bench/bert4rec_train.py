@@ -19,6 +19,10 @@ last two against all_slots. Full training steps (AdamW, clip 5.0) through `commo
               window lengths drawn like Beauty's (heavy-tailed, about 8.8 items), masked counts as
               gen_data_fin draws them (masked_lm_prob 0.6): about 5 of 30 slots filled.
 
+Evaluation: pop100, uni100 and full for `--users` synthetic users (ml-1m's vocabulary), and, beside it,
+all three for the Beauty-shaped set's 40,226 users x 54,546 ids as bench/bert4rec_eval.py times them
+("beauty_eval": the first run with tracing, then again; `--nobeauty_eval` skips it).
+
 `--recbole_python=/path/to/python` also times RecBole's BERT4Rec (a Python with recbole and torch) on the
 same shapes and prints its figure beside ours.
 
@@ -32,6 +36,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -264,6 +269,21 @@ def evaluation_seconds(users: int) -> dict:
     return timings
 
 
+def beauty_evaluation_seconds() -> dict:
+    """pop100 + uni100 + full for the Beauty-shaped set's 40,226 users x 54,546 ids, as bench/bert4rec_eval.py
+    times it (first run with tracing, then again), printed beside the 6,040-user figure above."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bert4rec_eval import time_beauty_evaluation
+
+    work = tempfile.mkdtemp(prefix="bert4rec_train_eval_")
+    try:
+        summary, _, _, _, timings, _ = time_beauty_evaluation(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"users": summary["users"], "vocab_size": summary["vocab_size"], "protocols": ["pop100", "uni100", "full"],
+            "seconds_first": round(timings[0], 1), "seconds_second": round(timings[1], 1)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="ml-1m,ml-1m-fill,beauty")
@@ -272,6 +292,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds per loss (best one reported)")
     parser.add_argument("--users", type=int, default=6040, help="users evaluated (0: skip evaluation)")
     parser.add_argument("--recbole_python", default=None, help="a Python with recbole + torch: time it too")
+    parser.add_argument("--beauty_eval", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time pop100 + uni100 + full at Beauty's size (bench/bert4rec_eval.py's figure)")
     args = parser.parse_args()
     shapes = [shape for shape in args.shapes.split(",") if shape]
     unknown = sorted(set(shapes) - set(SHAPES))
@@ -292,6 +314,8 @@ def main():
     if args.users:
         report["eval_users"] = args.users
         report["eval_seconds"] = evaluation_seconds(args.users)
+    if args.beauty_eval:
+        report["beauty_eval"] = beauty_evaluation_seconds()
     print(json.dumps(report))
 
 
