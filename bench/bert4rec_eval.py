@@ -95,14 +95,14 @@ def main():
         summary, settings, prefix, model, timings, results = time_beauty_evaluation(work, args.batch_size)
 
         # The same users' full ranks from our evaluator's numpy path, and the reference on the first users.
-        reference = load_reference(args.reference_rev)
+        reference = load_reference(args.reference_rev) if args.reference_users > 0 else None  # 0: ours only
         vocab = bert4rec_data.load_vocab(settings.vocab_filename)
         histories = bert4rec_data.load_histories(settings.user_history_filename)
         window = experiment.excluded_history_window(True, settings.max_seq_length)
         ours = RankingEvaluator(CandidateSampler(vocab.item_counts, seed=12345, num_items=vocab.num_items),
                                 ("full",), histories, window)
         report_reference = {}
-        if reference is not None and args.reference_users > 0:  # 0: time ours only
+        if reference is not None:
             theirs = reference.RankingEvaluator(
                 reference.CandidateSampler(vocab.item_counts, num_negatives=100, seed=12345, num_items=vocab.num_items),
                 PROTOCOLS, histories, history_window=window)

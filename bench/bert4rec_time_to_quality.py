@@ -51,7 +51,7 @@ DATASETS = {
 # Recipes: overrides of the main job's budget setting (run_ml-100k.sh before this bench: batch 64, lr 1e-3,
 # 2,400 steps, warm-up 10%). `masked_lm_prob` scales `max_predictions_per_seq` with it.
 RECIPES = {
-    "main": {},
+    "main": {},  # the 64-wide job run_ml-100k.sh ran until session 6 (now DIM=64 NUM_TRAIN_STEPS=2400 ...)
     "last5": {"last_item_passes": 5},
     "mlp0.4": {"masked_lm_prob_scale": 2.0},
     "lr2e-3": {"learning_rate": 2e-3},
