@@ -93,6 +93,11 @@ def main() -> None:
     parser.add_argument("--cls_epochs", type=int, default=10)
     parser.add_argument("--cls_batchsize", type=int, default=32)
     parser.add_argument("--max_seq_length", type=int, default=64)
+    parser.add_argument("--mining", default="random", help="DML negatives: random (original) or semi_hard")
+    parser.add_argument("--margin", type=float, default=0.2, help="triplet margin (the original's 0.2)")
+    parser.add_argument("--l2_normalize", action="store_true", help="DML distances between unit-length embeddings")
+    parser.add_argument("--notest", action="store_true",
+                        help="validation only: train and choose, extract no test features (for recipe search)")
     parser.add_argument("--nobias_correction", action="store_true", help="Google's uncorrected Adam instead")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: embed,dml,cls")
     args = parser.parse_args()
@@ -120,6 +125,8 @@ def main() -> None:
     summary: dict = {}
 
     def test_metrics(kind: str, seed_dir: str, **model_kwargs) -> dict:
+        if args.notest:
+            return {}
         started = time.perf_counter()
         labels, features = extract_features(kind, test_path, batchsize=64, **model_kwargs)
         path = os.path.join(seed_dir, f"rt-{kind}-04-test.txt")
@@ -130,22 +137,24 @@ def main() -> None:
 
     def summarize(done_seeds: list[int]) -> dict:
         """The summary line over the seeds finished so far (printed after each seed)."""
-        summary = {kind: {metric: mean_sd([row[metric] for row in rows]) for metric in METRICS}
+        summary = {kind: {metric: mean_sd([row[metric] for row in rows])
+                          for metric in METRICS + ("val_knn10", "val_uar") if all(metric in row for row in rows)}
                    for kind, rows in results.items()}
         for kind in ("dml", "classified"):
             if kind in results:
                 summary[kind]["chosen_epochs"] = [row["chosen_epoch"] for row in results[kind]]
                 summary[kind]["minutes"] = [row["minutes"] for row in results[kind]]
-        emit({"step": "summary", "seeds": done_seeds, "mean_sd_on_test": summary,
+        emit({"step": "summary", "seeds": done_seeds, "mean_sd_on_test" if not args.notest else "mean_sd_validation_only": summary,
               "budget_sentence_passes": budget, "dml": f"{args.dml_epochs} epochs x {args.dml_triplets} triplets, "
               f"batch {args.batchsize}", "classifier": f"{args.cls_epochs} epochs x {cls_per_epoch} texts, batch "
-              f"{args.cls_batchsize}", "learnrate": args.learnrate, "bias_correction": bias_correction,
+              f"{args.cls_batchsize}", "learnrate": args.learnrate, "mining": args.mining,
+              "margin": args.margin, "l2_normalize": args.l2_normalize, "bias_correction": bias_correction,
               "selection": "validation only (DML: kNN-10, classifier: UAR)", "val_size": args.val_size,
               "minutes": round((time.perf_counter() - started_all) / 60, 1),
               "load_average_1min": round(os.getloadavg()[0], 2), "cpu_count": os.cpu_count()})
         return summary
 
-    if "embed" not in skip:
+    if "embed" not in skip and not args.notest:
         for pooling, kind in (("POOLED", "embed"), ("REDUCE_MEAN", "embed-mean")):
             row = test_metrics("embed", os.path.join(args.out_dir), preset=preset, pooling=pooling,
                                max_seq_length=args.max_seq_length)
@@ -164,7 +173,8 @@ def main() -> None:
             log = train_dml(split_train, split_val, out, batchsize=args.batchsize, epochs=args.dml_epochs,
                             learnrate=args.learnrate, preset=preset, max_seq_length=args.max_seq_length,
                             triplets_per_epoch=args.dml_triplets, eval_triplets_per_epoch=args.dml_eval_triplets,
-                            eval_knn=True, best_metric="D/knn10", random_seed=seed, bias_correction=bias_correction,
+                            eval_knn=True, best_metric="D/knn10", random_seed=seed,
+                            mining=args.mining, margin=args.margin, l2_normalize=args.l2_normalize, bias_correction=bias_correction,
                             noplot=True, progress=False, print_fn=lambda line: print(line, flush=True))
             best = max(log, key=lambda entry: entry["D/knn10"])
             run = {"seed": seed, "epochs": len(log), "chosen_epoch": best["epoch"],
@@ -194,6 +204,8 @@ def main() -> None:
             release_memory()
         summary = summarize(seeds[:seeds.index(seed) + 1])
 
+    if args.notest:
+        return
     rows = [{"features": kind, **{metric: values[0] for metric, values in summary[kind].items() if metric in METRICS}}
             for kind in summary]
     print(format_table(rows, METRICS, "features"))

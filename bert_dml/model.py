@@ -46,15 +46,20 @@ class BertDML(keras.Model):
         return ops.cast(self.output_dense(self.dropout(pooled, training=training)), "float32")
 
 
-def make_triplet_loss_fn(mining: str = "random", margin: float = MARGIN) -> Callable:
+def make_triplet_loss_fn(mining: str = "random", margin: float = MARGIN, l2_normalize: bool = False) -> Callable:
     """`loss_fn(model, features, training)` for `common.training.Trainer`: one forward pass over the
-    batch's anchors, positives and negatives; (sum of triplet losses, number of triplets)."""
+    batch's anchors, positives and negatives; (sum of triplet losses, number of triplets).
+    `l2_normalize`: distances between unit-length embeddings (FaceNet's; not in the original), so the
+    loss sees the geometry the cosine kNN evaluation sees."""
 
     def loss_fn(model, features, training):
         batch = ops.shape(features["anchor_input_ids"])[0]
         joined = {key: ops.concatenate([features[f"{part}_{key}"] for part in TRIPLET_PARTS], axis=0)
                   for key in FEATURE_KEYS}
         embeddings = model(joined, training=training)
+        if l2_normalize:
+            embeddings = embeddings / ops.sqrt(ops.maximum(ops.sum(ops.square(embeddings), axis=-1, keepdims=True),
+                                                           1e-12))
         anchor, positive, negative = (embeddings[:batch], embeddings[batch:2 * batch],
                                       embeddings[2 * batch:])
         losses = mined_triplet_losses(anchor, positive, negative, features["anchor_label"],

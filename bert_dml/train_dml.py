@@ -30,6 +30,8 @@ flags.DEFINE_enum("mining", "random", ["random", "semi_hard"],
 flags.DEFINE_integer("triplets_per_epoch", 1000, "Triplets drawn per epoch from --train (and from --eval).")
 flags.DEFINE_integer("eval_triplets_per_epoch", None, "Triplets drawn per epoch from --eval (default: as many).")
 flags.DEFINE_float("margin", 0.2, "Triplet loss margin (squared Euclidean distances).")
+flags.DEFINE_boolean("l2_normalize", False, "Triplet distances between unit-length embeddings (not in the "
+                     "original, which uses the raw 512 numbers).")
 flags.DEFINE_boolean("eval_knn", True, "Also report kNN-10 accuracy (cosine) of the --eval features each epoch.")
 flags.mark_flags_as_required(["train", "eval"])
 FLAGS = flags.FLAGS
@@ -44,7 +46,7 @@ def main(argv):
     apply_gpu_flag(FLAGS.gpu)
     train_dml(FLAGS.train, FLAGS.eval, FLAGS.out, mining=FLAGS.mining,
               triplets_per_epoch=FLAGS.triplets_per_epoch,
-              eval_triplets_per_epoch=FLAGS.eval_triplets_per_epoch, margin=FLAGS.margin, eval_knn=FLAGS.eval_knn,
+              eval_triplets_per_epoch=FLAGS.eval_triplets_per_epoch, margin=FLAGS.margin, l2_normalize=FLAGS.l2_normalize, eval_knn=FLAGS.eval_knn,
               strategy=strategy_from_flags(FLAGS), **common_kwargs(FLAGS))
 
 

@@ -83,3 +83,32 @@ def test_knn_accuracy_hand_computed():
     # Cosine ignores length: two directions, perfect.
     directions = np.array([[1, 0.1], [5, 0.2], [3, 0.1], [0.1, 1], [0.2, 4], [0.1, 2]])
     assert knn_accuracy(directions, [0, 0, 0, 1, 1, 1], k=2, metric="cosine") == 1.0
+
+
+def test_l2_normalized_triplet_loss_uses_unit_vectors_and_ignores_scale():
+    from bert_dml.model import make_triplet_loss_fn
+
+    # A stand-in model: each "text" is its input_ids row read as a 2-d embedding.
+    def model(features, training=False):
+        return np.asarray(features["input_ids"], np.float32)
+
+    def batch(anchor, positive, negative):
+        features = {}
+        for part, rows in (("anchor", anchor), ("positive", positive), ("negative", negative)):
+            for key in ("input_ids", "input_mask", "segment_ids"):
+                features[f"{part}_{key}"] = np.asarray(rows, np.float32)
+        features["anchor_label"] = np.zeros(len(anchor), np.int32)
+        features["negative_label"] = np.ones(len(anchor), np.int32)
+        return features
+
+    # a = (3, 0) -> (1, 0); p = (0, 2) -> (0, 1): |a-p|^2 = 2; n = (-5, 0) -> (-1, 0): |a-n|^2 = 4.
+    # Second triplet: n = (0, -1): |a-n|^2 = 2, loss = 2 - 2 + 0.2.
+    features = batch([[3, 0], [3, 0]], [[0, 2], [0, 2]], [[-5, 0], [0, -1]])
+    total, count = make_triplet_loss_fn("random", 0.2, l2_normalize=True)(model, features, True)
+    assert float(total) == pytest.approx(0.0 + 0.2, abs=1e-6) and float(count) == 2
+    # Raw distances (the original): |a-p|^2 = 13, |a-n|^2 = 64 and 10 -> losses 0 and 3.2.
+    total, _ = make_triplet_loss_fn("random", 0.2)(model, features, True)
+    assert float(total) == pytest.approx(3.2, abs=1e-5)
+    scaled = {key: value * 7 if key.endswith("input_ids") else value for key, value in features.items()}
+    total, _ = make_triplet_loss_fn("random", 0.2, l2_normalize=True)(model, scaled, True)
+    assert float(total) == pytest.approx(0.2, abs=1e-6)
