@@ -144,7 +144,8 @@ def main() -> None:
             if kind in results:
                 summary[kind]["chosen_epochs"] = [row["chosen_epoch"] for row in results[kind]]
                 summary[kind]["minutes"] = [row["minutes"] for row in results[kind]]
-        emit({"step": "summary", "seeds": done_seeds, "mean_sd_on_test" if not args.notest else "mean_sd_validation_only": summary,
+        summary_key = "mean_sd_validation_only" if args.notest else "mean_sd_on_test"
+        emit({"step": "summary", "seeds": done_seeds, summary_key: summary,
               "budget_sentence_passes": budget, "dml": f"{args.dml_epochs} epochs x {args.dml_triplets} triplets, "
               f"batch {args.batchsize}", "classifier": f"{args.cls_epochs} epochs x {cls_per_epoch} texts, batch "
               f"{args.cls_batchsize}", "learnrate": args.learnrate, "mining": args.mining,
@@ -174,7 +175,8 @@ def main() -> None:
                             learnrate=args.learnrate, preset=preset, max_seq_length=args.max_seq_length,
                             triplets_per_epoch=args.dml_triplets, eval_triplets_per_epoch=args.dml_eval_triplets,
                             eval_knn=True, best_metric="D/knn10", random_seed=seed,
-                            mining=args.mining, margin=args.margin, l2_normalize=args.l2_normalize, bias_correction=bias_correction,
+                            mining=args.mining, margin=args.margin, l2_normalize=args.l2_normalize,
+                            bias_correction=bias_correction,
                             noplot=True, progress=False, print_fn=lambda line: print(line, flush=True))
             best = max(log, key=lambda entry: entry["D/knn10"])
             run = {"seed": seed, "epochs": len(log), "chosen_epoch": best["epoch"],

@@ -19,6 +19,7 @@ from bert_dml.data import trim_to_longest
 from bert_dml.triplets import MARGIN, mined_triplet_losses
 from common.cli import UserError
 from common.config import BertConfig
+from common.embeddings import l2_normalize as unit_length
 from common.encoder import BertEncoder
 from common.tokenization import BertTokenizer
 
@@ -46,7 +47,8 @@ class BertDML(keras.Model):
         return ops.cast(self.output_dense(self.dropout(pooled, training=training)), "float32")
 
 
-def make_triplet_loss_fn(mining: str = "random", margin: float = MARGIN, l2_normalize: bool = False) -> Callable:
+def make_triplet_loss_fn(mining: str = "random", margin: float = MARGIN,
+                         l2_normalize: bool = False) -> Callable:
     """`loss_fn(model, features, training)` for `common.training.Trainer`: one forward pass over the
     batch's anchors, positives and negatives; (sum of triplet losses, number of triplets).
     `l2_normalize`: distances between unit-length embeddings (FaceNet's; not in the original), so the
@@ -58,8 +60,7 @@ def make_triplet_loss_fn(mining: str = "random", margin: float = MARGIN, l2_norm
                   for key in FEATURE_KEYS}
         embeddings = model(joined, training=training)
         if l2_normalize:
-            embeddings = embeddings / ops.sqrt(ops.maximum(ops.sum(ops.square(embeddings), axis=-1, keepdims=True),
-                                                           1e-12))
+            embeddings = unit_length(embeddings)
         anchor, positive, negative = (embeddings[:batch], embeddings[batch:2 * batch],
                                       embeddings[2 * batch:])
         losses = mined_triplet_losses(anchor, positive, negative, features["anchor_label"],

@@ -46,7 +46,8 @@ def main(argv):
     apply_gpu_flag(FLAGS.gpu)
     train_dml(FLAGS.train, FLAGS.eval, FLAGS.out, mining=FLAGS.mining,
               triplets_per_epoch=FLAGS.triplets_per_epoch,
-              eval_triplets_per_epoch=FLAGS.eval_triplets_per_epoch, margin=FLAGS.margin, l2_normalize=FLAGS.l2_normalize, eval_knn=FLAGS.eval_knn,
+              eval_triplets_per_epoch=FLAGS.eval_triplets_per_epoch, margin=FLAGS.margin,
+              l2_normalize=FLAGS.l2_normalize, eval_knn=FLAGS.eval_knn,
               strategy=strategy_from_flags(FLAGS), **common_kwargs(FLAGS))
 
 

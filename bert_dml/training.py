@@ -235,7 +235,8 @@ def train_dml(train_path: str, eval_path: str, out: str, *, batchsize: int = 64,
               vocab_file: str | None = None, mining: str = "random", encoding: str = "utf-8",
               max_seq_length: int | None = None, random_seed: int = 123,
               triplets_per_epoch: int = TRIPLETS_PER_EPOCH, eval_triplets_per_epoch: int | None = None,
-              margin: float = MARGIN, l2_normalize: bool = False, vocab_size: int = 8000, lowercase: bool = True, eval_knn: bool = True,
+              margin: float = MARGIN, l2_normalize: bool = False, vocab_size: int = 8000, lowercase: bool = True,
+              eval_knn: bool = True,
               bias_correction: bool = True, tokenize_chinese_chars: bool = False, best_metric: str = "D/loss",
               noplot: bool = False, resume: str | None = None, start_epoch: int = 1,
               strategy: tf.distribute.Strategy | None = None, progress: bool = True,
@@ -261,7 +262,8 @@ def train_dml(train_path: str, eval_path: str, out: str, *, batchsize: int = 64,
         bert_config_file=bert_config_file, vocab_file=vocab_file, vocab_size=vocab_size, lowercase=lowercase)
     save_model_folder(out, setup, labels, {
         "kind": "dml", "output_dim": model.output_dense.units, "max_seq_length": max_seq_length,
-        "mining": mining, "margin": margin, "l2_normalize": l2_normalize, "batchsize": batchsize, "epoch": epochs, "learnrate": learnrate,
+        "mining": mining, "margin": margin, "l2_normalize": l2_normalize, "batchsize": batchsize, "epoch": epochs,
+        "learnrate": learnrate,
         "weightdecay": weightdecay, "bias_correction": bias_correction, "tokenize_chinese_chars": tokenize_chinese_chars, "random_seed": random_seed,
         "train": train_path, "eval": eval_path})
 

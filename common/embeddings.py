@@ -126,8 +126,8 @@ def l2_normalize(x, axis: int = -1, epsilon: float = 1e-12):
     if isinstance(x, np.ndarray):
         norm = np.sqrt(np.sum(np.square(x), axis=axis, keepdims=True))
         return (x / np.maximum(norm, epsilon)).astype(x.dtype, copy=False)
-    norm = tf.norm(x, axis=axis, keepdims=True)
-    return x / tf.maximum(norm, epsilon)
+    # rsqrt of the clipped squared norm: the same value, and a finite gradient at a zero vector (training losses).
+    return x * tf.math.rsqrt(tf.maximum(tf.reduce_sum(tf.square(x), axis=axis, keepdims=True), epsilon ** 2))
 
 
 # ---- sentence-transformers folders -----------------------------------------------------------

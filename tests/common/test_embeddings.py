@@ -103,6 +103,15 @@ def test_l2_normalize_numpy_and_tensor():
     x = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
     np.testing.assert_allclose(l2_normalize(x), [[0.6, 0.8], [0.0, 0.0]])
     np.testing.assert_allclose(l2_normalize(tf.constant(x)).numpy(), [[0.6, 0.8], [0.0, 0.0]])
+    # Training losses normalise too (bert_dml --l2_normalize): the gradient stays finite at a zero row.
+    # d(x/|x|)/dx at (3, 4), summed over outputs: (1 - (x . 1) x/|x|^2) / |x| = (1 - 7 * (0.12, 0.16)) / 5.
+    tensor = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(tensor)
+        total = tf.reduce_sum(l2_normalize(tensor))
+    gradient = tape.gradient(total, tensor).numpy()
+    np.testing.assert_allclose(gradient[0], [(1 - 7 * 0.12) / 5, (1 - 7 * 0.16) / 5], rtol=1e-5)
+    assert np.all(np.isfinite(gradient[1]))
 
 
 # ---- SentenceEncoder on a tiny model ---------------------------------------------------------
