@@ -70,7 +70,7 @@ def prepare(seed: int, work: str) -> dict:
     cause = set(json.load(open(paths["planted.json"]))["cause_slots"])
     popularity = collections.Counter(slot for line in open(sentences) for slot in line.split())
     return {"paths": paths, "sentences": sentences, "vocab_file": vocab_file, "cause": cause,
-            "popularity": popularity}
+            "popularity": popularity, "classify_dir": os.path.join(work, "classify")}
 
 
 def defaults(keys):
@@ -79,14 +79,32 @@ def defaults(keys):
     return {key.name: (None if key.default is REQUIRED else key.default) for key in keys}
 
 
-def score(cls_dir: str, data: dict, seed: int) -> dict:
-    """precision@k of each method and baseline over the correctly predicted viewers with >= k S slots."""
+def correct_viewers(cls_dir: str, classify_dir: str, split: str) -> dict[str, list[str]]:
+    """The `viewed` users of `split` the classifier predicted right: user id -> input history, read back
+    from `predictions.jsonl` (ids `file:L<line>`) and the labelled files of `classify_dir`."""
+    lines_of: dict[str, list[str]] = {}
+    viewers = {}
+    with open(os.path.join(cls_dir, "predictions.jsonl"), encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            if row["split"] != split or row["label"] != "viewed" or row["predicted"] != "viewed":
+                continue
+            name, number = row["user_id"].rsplit(":L", 1)
+            if name not in lines_of:
+                lines_of[name] = open(os.path.join(classify_dir, name), encoding="utf-8").read().split("\n")
+            viewers[row["user_id"]] = lines_of[name][int(number) - 1].split()
+    return viewers
+
+
+def score(cls_dir: str, data: dict, seed: int, split: str = "test") -> tuple[dict, dict]:
+    """precision@k of each method and baseline over the correctly predicted viewers of `split` with >= k
+    S slots in their input."""
     from ovt_explain.attention_visualization import explain_users
-    from ovt_explain.logs import read_logs
     from ovt_explain.modeling import LoadedClassifier
 
     classifier = LoadedClassifier(cls_dir)
-    viewed = read_logs(os.path.join(cls_dir, "viewed.txt"))  # correctly predicted viewers (test split)
+    viewed = {user: history for user, history in correct_viewers(cls_dir, data["classify_dir"], split).items()
+              if history}
     explanations = explain_users(classifier, viewed, flow_rows=(0,)) if viewed else []
     rng = np.random.default_rng(seed)
     scores = {name: [] for name in METHODS + BASELINES + ("chance",)}
@@ -107,7 +125,7 @@ def score(cls_dir: str, data: dict, seed: int) -> dict:
             np.asarray([data["popularity"][p] for p in programmes], float), planted, k))
         scores["chance"].append(float(np.mean(planted)))
     return {name: (float(np.mean(values)) if values else None) for name, values in scores.items()}, {
-        "scored_users": len(scores["flow"]), "viewed_test_users": len(viewed)}
+        "scored_users": len(scores["flow"]), "viewed_users": len(viewed)}
 
 
 def main(argv):
@@ -145,7 +163,8 @@ def main(argv):
             results = fine_tune(cls_config, progress=False)
             finetune_seconds = time.perf_counter() - started
             started = time.perf_counter()
-            precision, counts = score(cls_config["output_dir"], data, seed)
+            val_precision, val_counts = score(cls_config["output_dir"], data, seed, "validation")
+            precision, counts = score(cls_config["output_dir"], data, seed, "test")
             test = results.get("test", {})
             run = {"bench": "ovt_explain_planted_run", "seed": seed, "setting": setting,
                    "mlm_accuracy": (round(pre["eval_history"][-1]["metrics"]["masked_lm_accuracy"], 4)
@@ -154,6 +173,9 @@ def main(argv):
                    "test_roc_auc": round(test.get("roc_auc", float("nan")), 4),
                    **{f"p@{FLAGS.k}_{name}": round(value, 4) if value is not None else None
                       for name, value in precision.items()}, **counts,
+                   **{f"val_p@{FLAGS.k}_{name}": round(value, 4) if value is not None else None
+                      for name, value in val_precision.items()},
+                   "val_scored_users": val_counts["scored_users"],
                    "pretrain_s": round(pretrain_seconds, 1), "finetune_s": round(finetune_seconds, 1),
                    "explain_s": round(time.perf_counter() - started, 1),
                    "load_average_1min": round(os.getloadavg()[0], 2)}
