@@ -9,9 +9,13 @@ users, the input programmes are ranked by each method's importance to [CLS] (raw
 rollout, attention flow) and by baselines: a random ranking (seeded), the 5 most recent programmes,
 and global popularity (how often each programme appears in sentence.txt); precision@k = share of the
 top k that are S's slots (users with at least k S slots in their input); chance = the S share of
-those users' inputs. Per seed the data, pre-training and fine-tuning seeds change; each seed
-pre-trains once and fine-tunes twice (frozen: all but the last layer and the pooler; full).
-Prints one JSON line per run, then one summary line with mean and sd over the seeds per setting.
+those users' inputs. Controls: `rollout_blind` and `flow_blind` are rollout and flow with the last
+layer's attention replaced by uniform attention (what the layers below say on their own; an
+explanation close to its blind control is not explaining the fine-tuned layer). Every figure is
+given for the test split (`p@k_*`) and the validation split (`val_p@k_*`): choose settings on the
+latter. Per seed the data, pre-training and fine-tuning seeds change; each seed pre-trains once and
+fine-tunes twice (frozen: all but the last layer and the pooler; full). Prints one JSON line per
+run, then one summary line with mean and sd over the seeds per setting.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ flags.DEFINE_integer("num_days", 5, "Synthetic days.")
 flags.DEFINE_integer("max_seq_length", 64, "Model input length.")
 flags.DEFINE_integer("hidden_size", 64, "Model width.")
 flags.DEFINE_integer("num_layers", 3, "Transformer layers.")
+flags.DEFINE_integer("num_heads", 2, "Attention heads.")
+flags.DEFINE_enum("masking", "tokens", ["tokens", "runs"], "Pre-training masks: tokens (the original) or runs.")
 flags.DEFINE_float("pretrain_epochs", 12.0, "Pre-training passes over the lines.")
 flags.DEFINE_float("cls_epochs", 8.0, "Fine-tuning passes.")
 flags.DEFINE_float("frozen_learning_rate", 2e-3, "Fine-tuning learning rate, frozen encoder.")
@@ -47,6 +53,21 @@ flags.DEFINE_integer("k", 5, "precision@k.")
 
 METHODS = ("raw", "rollout", "flow")
 BASELINES = ("random", "recent", "popularity")
+# Controls (a model-randomisation check): rollout and flow with the last layer's attention made uniform,
+# i.e. what the layers below the fine-tuned one say on their own.
+BLIND = ("rollout_blind", "flow_blind")
+
+
+def blind_importance(capacities: np.ndarray) -> dict[str, np.ndarray]:
+    """[CLS]'s rollout and flow from the per-layer graph capacities `[layers, n, n]` (0.5·A + 0.5·I) with
+    the last layer's attention replaced by uniform attention."""
+    from ovt_explain.attention import attention_flow, attention_rollout
+
+    n = capacities.shape[-1]
+    blind = capacities.copy()
+    blind[-1] = 0.5 / n + 0.5 * np.eye(n)
+    return {"rollout_blind": attention_rollout(blind, add_residual=False)[0],
+            "flow_blind": attention_flow(blind, 0, add_residual=False)}
 
 
 def precision_at_k(scores: np.ndarray, planted: list[bool], k: int) -> float:
@@ -107,7 +128,7 @@ def score(cls_dir: str, data: dict, seed: int, split: str = "test") -> tuple[dic
               if history}
     explanations = explain_users(classifier, viewed, flow_rows=(0,)) if viewed else []
     rng = np.random.default_rng(seed)
-    scores = {name: [] for name in METHODS + BASELINES + ("chance",)}
+    scores = {name: [] for name in METHODS + BLIND + BASELINES + ("chance",)}
     k = FLAGS.k
     for explanation in explanations:
         tokens = explanation.tokens
@@ -119,6 +140,8 @@ def score(cls_dir: str, data: dict, seed: int, split: str = "test") -> tuple[dic
         for method in METHODS:
             importance = explanation.importance(method)
             scores[method].append(precision_at_k(np.asarray([importance[i] for i in positions]), planted, k))
+        for name, importance in blind_importance(explanation.layers["raw"]).items():
+            scores[name].append(precision_at_k(importance[positions], planted, k))
         scores["random"].append(precision_at_k(rng.random(len(positions)), planted, k))
         scores["recent"].append(precision_at_k(np.arange(len(positions), dtype=float), planted, k))
         scores["popularity"].append(precision_at_k(
@@ -142,11 +165,11 @@ def main(argv):
         pre_config = defaults(PRETRAINING_KEYS)
         pre_config.update(train_file=[data["sentences"]], vocab_file=data["vocab_file"],
                           output_dir=os.path.join(work, "pre"), num_hidden_layers=FLAGS.num_layers,
-                          hidden_size=FLAGS.hidden_size, num_attention_heads=2,
+                          hidden_size=FLAGS.hidden_size, num_attention_heads=FLAGS.num_heads,
                           intermediate_size=4 * FLAGS.hidden_size, max_seq_length=FLAGS.max_seq_length,
                           per_device_train_batch_size=32, epochs=FLAGS.pretrain_epochs, learning_rate=2e-3,
                           warmup_proportion=0.05, eval_steps=10 ** 6, logging_steps=10 ** 6, save_steps=10 ** 6,
-                          random_seed=seed)
+                          random_seed=seed, masking=FLAGS.masking)
         pre = pretrain(pre_config, progress=False)
         pretrain_seconds = time.perf_counter() - started
         for setting in FLAGS.settings:
@@ -182,10 +205,12 @@ def main(argv):
             runs.append(run)
             print(json.dumps(run), flush=True)
     summary = {"bench": "ovt_explain_planted", "seeds": FLAGS.seeds, "users": FLAGS.num_users,
-               "layers": FLAGS.num_layers, "hidden": FLAGS.hidden_size, "seq": FLAGS.max_seq_length}
+               "layers": FLAGS.num_layers, "heads": FLAGS.num_heads, "hidden": FLAGS.hidden_size, "seq": FLAGS.max_seq_length,
+               "masking": FLAGS.masking, "pretrain_epochs": FLAGS.pretrain_epochs, "cls_epochs": FLAGS.cls_epochs}
     for setting in FLAGS.settings:
         chosen = [run for run in runs if run["setting"] == setting]
-        for name in ("test_macro_f1",) + tuple(f"p@{FLAGS.k}_{n}" for n in METHODS + BASELINES + ("chance",)):
+        for name in ("test_macro_f1",) + tuple(f"{prefix}p@{FLAGS.k}_{n}" for prefix in ("", "val_")
+                                                for n in METHODS + BLIND + BASELINES + ("chance",)):
             values = [run[name] for run in chosen if run[name] is not None]
             summary[f"{setting}_{name}"] = (f"{np.mean(values):.3f}±{np.std(values, ddof=1) if len(values) > 1 else 0:.3f}"
                                             if values else None)

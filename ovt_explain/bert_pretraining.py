@@ -53,6 +53,10 @@ PRETRAINING_KEYS = (
         "original's tokenizer) or its most recent ones (\"recent\")"),
     Key("masked_lm_prob", float, 0.15, "share of the non-special tokens masked, drawn per batch (the original's "
         "collator: 80% [MASK], 10% random id, 10% unchanged)", ("mlm_probability",)),
+    Key("masking", str, "tokens", "\"tokens\": each token chosen on its own (the original's collator); \"runs\": "
+        "whole runs of consecutive slots of one channel (a programme watched without zapping), each run "
+        "with probability masked_lm_prob"),
+    Key("slot_seconds", int, 300, "seconds between consecutive slot ids of a channel (masking: runs)"),
     Key("per_device_train_batch_size", int, 8, "training batch per replica (Hugging Face's meaning and default)"),
     Key("per_device_eval_batch_size", int, 8, "evaluation batch per replica"),
     Key("batch_size", int, None, "global training batch; overrides per_device_train_batch_size x replicas",
@@ -122,6 +126,8 @@ def pretrain(config: dict, strategy=None, progress: bool = True, config_path: st
     from ovt_explain.modeling import TRUNCATIONS, special_ids
 
     strategy = strategy or tf.distribute.get_strategy()
+    if config["masking"] not in ("tokens", "runs"):
+        raise cli.UserError(f"{config_path}: masking must be \"tokens\" or \"runs\", got {config['masking']!r}")
     output_dir = config["output_dir"]
     if not config["use_checkpoint"] and tf.train.latest_checkpoint(output_dir):
         raise cli.UserError(f"{config_path}: use_checkpoint is false but {output_dir} already holds "
@@ -192,13 +198,15 @@ def pretrain(config: dict, strategy=None, progress: bool = True, config_path: st
     def dataset_fn(input_context):
         return masked_lm_dataset(stats["files"]["train"], input_context.get_per_replica_batch_size(batch_size),
                                  max_seq_length, vocab, config["random_seed"], is_training=True,
-                                 mlm_probability=config["masked_lm_prob"], input_context=input_context)
+                                 mlm_probability=config["masked_lm_prob"], input_context=input_context,
+                                 masking=config["masking"], slot_seconds=config["slot_seconds"])
 
     eval_fn = None
     if stats["eval"]:
         eval_dataset = masked_lm_dataset(stats["files"]["eval"], eval_batch_size, max_seq_length, vocab,
                                          config["random_seed"] + 1, is_training=False,
-                                         mlm_probability=config["masked_lm_prob"])
+                                         mlm_probability=config["masked_lm_prob"], masking=config["masking"],
+                                         slot_seconds=config["slot_seconds"])
 
         def eval_fn(step):
             del step

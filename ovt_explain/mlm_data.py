@@ -80,14 +80,50 @@ def plain_text_lines(paths: Sequence[str]) -> tuple[Iterable[list[str]], int]:
     return generate(), total
 
 
-def mask_tokens(input_ids, special_mask, seed, vocab_size: int, mask_id: int, mlm_probability: float = 0.15):
+MASKINGS = ("tokens", "runs")
+
+
+def slot_table(vocab: Mapping[str, int]) -> tuple[list[int], list[int]]:
+    """Per vocabulary id: the slot's time (the id without its last digit) and channel (the last digit);
+    -1 for tokens that are not slot ids ([CLS], [MASK], ...)."""
+    times, channels = [-1] * len(vocab), [-1] * len(vocab)
+    for token, index in vocab.items():
+        if len(token) >= 2 and token.isdigit():
+            times[index], channels[index] = int(token[:-1]), int(token[-1])
+    return times, channels
+
+
+def run_starts(ids, times, channels, slot_seconds: int):
+    """int32 `[batch, length]`: for each position, the position where its run starts. A run is a stretch
+    of consecutive slots of one channel (each `slot_seconds` after the previous), i.e. one programme
+    watched without zapping; every other token is a run of its own."""
+    import tensorflow as tf
+
+    time, channel = tf.gather(times, ids), tf.gather(channels, ids)
+    continues = ((channel[:, 1:] == channel[:, :-1]) & (channel[:, 1:] >= 0)
+                 & (time[:, 1:] - time[:, :-1] == slot_seconds))
+    continues = tf.concat([tf.zeros_like(continues[:, :1]), continues], axis=1)
+    batch, length = tf.shape(ids)[0], tf.shape(ids)[1]
+    positions = tf.broadcast_to(tf.range(length), [batch, length])
+    # Run number r of a row -> global segment row * length + r; each segment's smallest position.
+    segments = tf.cumsum(tf.cast(~continues, tf.int32), axis=1) - 1 + tf.range(batch)[:, None] * length
+    first = tf.math.unsorted_segment_min(tf.reshape(positions, [-1]), tf.reshape(segments, [-1]), batch * length)
+    return tf.gather(first, segments)
+
+
+def mask_tokens(input_ids, special_mask, seed, vocab_size: int, mask_id: int, mlm_probability: float = 0.15,
+                starts=None):
     """Hugging Face's `torch_mask_tokens` in TF, stateless: int32 `[batch, length]` ids and bool special
-    mask -> (masked input ids, bool `[batch, length]` of the positions to predict)."""
+    mask -> (masked input ids, bool `[batch, length]` of the positions to predict). With `starts`
+    (`run_starts`), whole runs are chosen: each run with probability `mlm_probability`."""
     import tensorflow as tf
 
     seeds = tf.random.experimental.stateless_split(seed, 4)
     shape = tf.shape(input_ids)
-    chosen = (tf.random.stateless_uniform(shape, seeds[0]) < mlm_probability) & ~special_mask
+    draws = tf.random.stateless_uniform(shape, seeds[0])
+    if starts is not None:
+        draws = tf.gather(draws, starts, batch_dims=1)
+    chosen = (draws < mlm_probability) & ~special_mask
     replaced = (tf.random.stateless_uniform(shape, seeds[1]) < 0.8) & chosen
     randomised = (tf.random.stateless_uniform(shape, seeds[2]) < 0.5) & chosen & ~replaced
     random_words = tf.random.stateless_uniform(shape, seeds[3], minval=0, maxval=vocab_size, dtype=tf.int32)
@@ -97,7 +133,8 @@ def mask_tokens(input_ids, special_mask, seed, vocab_size: int, mask_id: int, ml
 
 
 def masked_lm_dataset(path: str, batch_size: int, max_seq_length: int, vocab: Mapping[str, int], seed: int,
-                      is_training: bool, mlm_probability: float = 0.15, input_context=None):
+                      is_training: bool, mlm_probability: float = 0.15, input_context=None,
+                      masking: str = "tokens", slot_seconds: int = 300):
     """Batches of `BertPretrainer` features, masks drawn per batch: input_ids / input_mask / segment_ids
     int32 `[batch, max_seq_length]`, masked_lm_positions = every position, masked_lm_ids = the original
     ids, masked_lm_weights float32 (1 where a token is to be predicted). Training repeats and
@@ -106,6 +143,9 @@ def masked_lm_dataset(path: str, batch_size: int, max_seq_length: int, vocab: Ma
 
     pad_id, mask_id = vocab[PAD], vocab[MASK]
     special = tf.constant(sorted({vocab[CLS], vocab[SEP], pad_id}), tf.int32)
+    if masking not in MASKINGS:
+        raise ValueError(f"masking must be one of {', '.join(MASKINGS)}, got {masking!r}")
+    times, channels = (tf.constant(column, tf.int64) for column in slot_table(vocab))
     dataset = tf.data.TFRecordDataset(path)
     if input_context is not None:
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
@@ -126,8 +166,9 @@ def masked_lm_dataset(path: str, batch_size: int, max_seq_length: int, vocab: Ma
         input_mask = tf.cast(padded >= 0, tf.int32)
         ids = tf.where(padded >= 0, padded, pad_id)
         is_special = tf.reduce_any(ids[..., None] == special, axis=-1) | (input_mask == 0)
+        starts = run_starts(ids, times, channels, slot_seconds) if masking == "runs" else None
         masked, chosen = mask_tokens(ids, is_special, tf.stack([tf.cast(seed, tf.int64) * 1000 + pipeline, step]),
-                                     len(vocab), mask_id, mlm_probability)
+                                     len(vocab), mask_id, mlm_probability, starts)
         batch = tf.shape(ids)[0]
         return {"input_ids": masked, "input_mask": input_mask, "segment_ids": tf.zeros_like(ids),
                 "masked_lm_positions": tf.tile(tf.range(max_seq_length, dtype=tf.int32)[None], [batch, 1]),

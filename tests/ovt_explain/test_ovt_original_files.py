@@ -153,6 +153,30 @@ def test_hugging_face_masking_shares_and_special_tokens():
     assert (again.numpy() == masked).all()  # stateless: the same seed, the same masks
 
 
+def test_run_masking_chooses_whole_runs_of_consecutive_slots():
+    import tensorflow as tf
+
+    from ovt_explain.mlm_data import mask_tokens, run_starts, slot_table
+
+    # Slot ids: the time in seconds, then the channel digit; 300 s apart on one channel = one run.
+    tokens = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]", "10002", "13002", "16002", "10003", "25002", "28002"]
+    vocab = {token: index for index, token in enumerate(tokens)}
+    times, channels = (tf.constant(column, tf.int64) for column in slot_table(vocab))
+    ids = tf.constant([[1, 5, 6, 7, 8, 9, 10, 2, 3],     # 10002 13002 16002 | 10003 | 25002 28002
+                       [1, 8, 5, 6, 9, 10, 7, 2, 3]])    # 10003 | 10002 13002 | 25002 28002 | 16002
+    starts = run_starts(ids, times, channels, 300).numpy()
+    assert starts.tolist() == [[0, 1, 1, 1, 4, 5, 5, 7, 8], [0, 1, 2, 2, 4, 4, 6, 7, 8]]
+    # Many rows of one long run each: a row is masked whole or not at all, rows at masked_lm_prob.
+    row = [1] + [5, 6, 7] * 1 + [2]
+    batch = tf.constant([row] * 4000)
+    special = tf.constant(np.isin(np.asarray([row] * 4000), [1, 2]))
+    _, chosen = mask_tokens(batch, special, tf.constant([3, 4], tf.int64), len(vocab), 4, 0.15,
+                            run_starts(batch, times, channels, 300))
+    chosen = chosen.numpy()[:, 1:4]
+    assert (chosen.all(axis=1) | ~chosen.any(axis=1)).all()
+    assert abs(chosen[:, 0].mean() - 0.15) < 0.02
+
+
 def test_masked_lm_batches_pad_with_the_vocabularys_pad_id(tmp_path):
     from ovt_explain.mlm_data import masked_lm_dataset, write_line_examples
 
