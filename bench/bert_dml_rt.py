@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--cls_epochs", type=int, default=10)
     parser.add_argument("--cls_batchsize", type=int, default=32)
     parser.add_argument("--max_seq_length", type=int, default=64)
-    parser.add_argument("--mining", default="random", help="DML negatives: random (original) or semi_hard")
+    parser.add_argument("--mining", default="random", help="DML negatives: random (original), semi_hard or batch_all")
     parser.add_argument("--margin", type=float, default=0.2, help="triplet margin (the original's 0.2)")
     parser.add_argument("--l2_normalize", action="store_true", help="DML distances between unit-length embeddings")
     parser.add_argument("--notest", action="store_true",

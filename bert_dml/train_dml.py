@@ -25,8 +25,9 @@ from absl import flags  # noqa: E402
 from bert_dml.flags import common_kwargs, define_training_flags  # noqa: E402
 
 define_training_flags(default_out="results_dml", default_epochs=100)
-flags.DEFINE_enum("mining", "random", ["random", "semi_hard"],
-                  "random: the original's sampled negatives; semi_hard: the batch's semi-hard negative.")
+flags.DEFINE_enum("mining", "random", ["random", "semi_hard", "batch_all"],
+                  "random: the original's sampled negatives; semi_hard: the batch's semi-hard negative; "
+                  "batch_all: the mean over all the batch's active triplets.")
 flags.DEFINE_integer("triplets_per_epoch", 1000, "Triplets drawn per epoch from --train (and from --eval).")
 flags.DEFINE_integer("eval_triplets_per_epoch", None, "Triplets drawn per epoch from --eval (default: as many).")
 flags.DEFINE_float("margin", 0.2, "Triplet loss margin (squared Euclidean distances).")

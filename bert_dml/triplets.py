@@ -15,7 +15,7 @@ from common.metrics import knn_accuracy
 
 TRIPLETS_PER_EPOCH = 1000
 MARGIN = 0.2
-MINING_MODES = ("random", "semi_hard")
+MINING_MODES = ("random", "semi_hard", "batch_all")
 
 
 def sample_triplets(label_ids, num_triplets: int = TRIPLETS_PER_EPOCH, seed: int | np.random.SeedSequence = 0
@@ -87,12 +87,32 @@ def semi_hard_negative_distances(embeddings, labels, anchor_index, positive_dist
     return ops.where(has_semi_hard, closest_farther, farthest_negative)
 
 
+def batch_all_triplet_loss(embeddings, labels, margin: float = MARGIN):
+    """Mean loss over the active triplets among ALL (a, p, n) of the batch's embeddings `[n, d]` with
+    int `labels` `[n]`: a != p of one label, n of another; active = loss > 0 ("batch all", Hermans et
+    al. 2017). A scalar (0 when no triplet is active)."""
+    distances = pairwise_squared_distances(embeddings)
+    same = ops.equal(labels[:, None], labels[None, :])
+    not_self = ops.logical_not(ops.cast(ops.eye(ops.shape(labels)[0]), "bool"))
+    positive = ops.logical_and(same, not_self)                                        # [a, p]
+    valid = ops.logical_and(positive[:, :, None], ops.logical_not(same)[:, None, :])  # [a, p, n]
+    losses = ops.relu(distances[:, :, None] - distances[:, None, :] + margin)
+    losses = ops.where(valid, losses, 0.0)
+    active = ops.sum(ops.cast(losses > 1e-12, "float32"))
+    return ops.sum(losses) / ops.maximum(active, 1.0)
+
+
 def mined_triplet_losses(anchor, positive, negative, anchor_labels, negative_labels,
                          mining: str = "random", margin: float = MARGIN):
-    """Losses of a batch of sampled triplets; `semi_hard` replaces each sampled negative by the
-    semi-hard negative among all the batch's embeddings (anchors, positives and negatives)."""
+    """Losses of a batch of sampled triplets `[batch]`; `semi_hard` replaces each sampled negative by the
+    semi-hard negative among all the batch's embeddings (anchors, positives and negatives);
+    `batch_all` gives every triplet the batch-all loss over all of them (`batch_all_triplet_loss`)."""
     if mining == "random":
         return triplet_losses(anchor, positive, negative, margin)
+    if mining == "batch_all":
+        labels = ops.concatenate([anchor_labels, anchor_labels, negative_labels], axis=0)
+        loss = batch_all_triplet_loss(ops.concatenate([anchor, positive, negative], axis=0), labels, margin)
+        return ops.ones_like(anchor[:, 0]) * loss
     if mining != "semi_hard":
         raise ValueError(f"unknown mining {mining!r}; expected one of {', '.join(MINING_MODES)}")
     batch = ops.shape(anchor)[0]

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from bert_dml.triplets import (mined_triplet_losses, sample_triplets, semi_hard_negative_distances,
-                               triplet_losses)
+from bert_dml.triplets import (batch_all_triplet_loss, mined_triplet_losses, sample_triplets,
+                               semi_hard_negative_distances, triplet_losses)
 from common.metrics import knn_accuracy
 
 
@@ -69,6 +69,24 @@ def test_semi_hard_mining_replaces_an_easy_sampled_negative_by_another_triplets_
     np.testing.assert_allclose(semi, [0.0975, 0.0], atol=1e-5)
     with pytest.raises(ValueError, match="unknown mining"):
         mined_triplet_losses(anchor, positive, negative, anchor_labels, negative_labels, "hardest")
+
+
+def test_batch_all_loss_is_the_mean_over_the_active_triplets_hand_computed():
+    # 1-d points 0, 2 (label 0) and 1, 10 (label 1), margin 0.2. The valid triplets (a, p, n) and losses
+    # d(a,p) - d(a,n) + 0.2 with squared distances: (0,2 | 1): 4 - 1 = 3.2; (2,0 | 1): 3.2; (0,2 | 10) and
+    # (2,0 | 10): inactive; (1,10 | 0): 81 - 1 = 80.2; (1,10 | 2): 80.2; (10,1 | 0): inactive;
+    # (10,1 | 2): 81 - 64 = 17.2. Mean over the 5 active: 184 / 5.
+    points = np.array([[0.0], [2.0], [1.0], [10.0]], np.float32)
+    labels = np.array([0, 0, 1, 1], np.int32)
+    assert float(batch_all_triplet_loss(points, labels, margin=0.2)) == pytest.approx(36.8, rel=1e-5)
+    # Through the sampled-triplet interface, every row carries the loss over the batch's 3 x 2 points.
+    anchor, positive, negative = points[[0, 3]], points[[1, 2]], points[[2, 1]]
+    losses = mined_triplet_losses(anchor, positive, negative, labels[[0, 3]], labels[[2, 1]], mining="batch_all",
+                                  margin=0.2)
+    joined = batch_all_triplet_loss(np.concatenate([anchor, positive, negative]), labels[[0, 3, 0, 3, 2, 1]], 0.2)
+    np.testing.assert_allclose(np.asarray(losses), [float(joined)] * 2, rtol=1e-6)
+    # Well separated: nothing is active and the loss is 0.
+    assert float(batch_all_triplet_loss(np.array([[0.0], [0.1], [5.0], [5.1]], np.float32), labels)) == 0.0
 
 
 def test_knn_accuracy_hand_computed():
