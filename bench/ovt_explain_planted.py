@@ -50,30 +50,47 @@ flags.DEFINE_float("cls_epochs", 8.0, "Fine-tuning passes.")
 flags.DEFINE_float("frozen_learning_rate", 2e-3, "Fine-tuning learning rate, frozen encoder.")
 flags.DEFINE_float("full_learning_rate", 5e-4, "Fine-tuning learning rate, whole encoder.")
 flags.DEFINE_integer("k", 5, "precision@k.")
+flags.DEFINE_bool("rescore", False, "Train nothing: score the models an earlier run left in --work_dir (the "
+                  "other flags must be that run's).")
 
 METHODS = ("raw", "rollout", "flow")
 BASELINES = ("random", "recent", "popularity")
-# Controls (a model-randomisation check): rollout and flow with the last layer's attention made uniform,
-# i.e. what the layers below the fine-tuned one say on their own.
-BLIND = ("rollout_blind", "flow_blind")
+# Controls. `*_blind` (a model-randomisation check): rollout and flow with the last layer's attention made
+# uniform, i.e. what the layers below the fine-tuned one say on their own. `rollout_via_tokens`: rollout
+# of the last layer's [CLS] row without its [CLS] and [SEP] entries (the residual path through [CLS]'s own
+# lower-layer attention removed), to measure how much that path moves rollout.
+CONTROLS = ("rollout_blind", "flow_blind", "rollout_via_tokens")
 
 
-def blind_importance(capacities: np.ndarray) -> dict[str, np.ndarray]:
-    """[CLS]'s rollout and flow from the per-layer graph capacities `[layers, n, n]` (0.5·A + 0.5·I) with
-    the last layer's attention replaced by uniform attention."""
+def control_importance(capacities: np.ndarray) -> dict[str, np.ndarray]:
+    """The controls' [CLS] importance `[n]` from the per-layer graph capacities `[layers, n, n]`
+    (0.5·A + 0.5·I, rows summing to 1; [CLS] first and [SEP] last)."""
     from ovt_explain.attention import attention_flow, attention_rollout
 
     n = capacities.shape[-1]
     blind = capacities.copy()
     blind[-1] = 0.5 / n + 0.5 * np.eye(n)
+    top = capacities[-1, 0].copy()
+    top[[0, n - 1]] = 0.0
+    below = attention_rollout(capacities[:-1], add_residual=False) if len(capacities) > 1 else np.eye(n)
     return {"rollout_blind": attention_rollout(blind, add_residual=False)[0],
-            "flow_blind": attention_flow(blind, 0, add_residual=False)}
+            "flow_blind": attention_flow(blind, 0, add_residual=False),
+            "rollout_via_tokens": top @ below}
 
 
 def precision_at_k(scores: np.ndarray, planted: list[bool], k: int) -> float:
     """Share of planted items among the k highest `scores` (ties: earlier position first)."""
     ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
     return float(np.mean([planted[i] for i in ranked]))
+
+
+def prepared(work: str) -> dict:
+    """What scoring needs from a prepared `work` folder: the planted cause, popularity, labelled files."""
+    sentences = os.path.join(work, "sentence.txt")
+    cause = set(json.load(open(os.path.join(work, "syn", "planted.json")))["cause_slots"])
+    popularity = collections.Counter(slot for line in open(sentences) for slot in line.split())
+    return {"sentences": sentences, "vocab_file": os.path.join(work, "vocab.txt"), "cause": cause,
+            "popularity": popularity, "classify_dir": os.path.join(work, "classify")}
 
 
 def prepare(seed: int, work: str) -> dict:
@@ -88,10 +105,7 @@ def prepare(seed: int, work: str) -> dict:
     vocab_file = save_vocab(paths["tv_meta_data.csv"], work)
     target = target_sort_ids(paths["tv_meta_data.csv"], "Special T", "")
     classify_sentences(sentences, target, os.path.join(work, "classify"))
-    cause = set(json.load(open(paths["planted.json"]))["cause_slots"])
-    popularity = collections.Counter(slot for line in open(sentences) for slot in line.split())
-    return {"paths": paths, "sentences": sentences, "vocab_file": vocab_file, "cause": cause,
-            "popularity": popularity, "classify_dir": os.path.join(work, "classify")}
+    return {**prepared(work), "paths": paths, "vocab_file": vocab_file}
 
 
 def defaults(keys):
@@ -128,7 +142,7 @@ def score(cls_dir: str, data: dict, seed: int, split: str = "test") -> tuple[dic
               if history}
     explanations = explain_users(classifier, viewed, flow_rows=(0,)) if viewed else []
     rng = np.random.default_rng(seed)
-    scores = {name: [] for name in METHODS + BLIND + BASELINES + ("chance",)}
+    scores = {name: [] for name in METHODS + CONTROLS + BASELINES + ("chance",)}
     k = FLAGS.k
     for explanation in explanations:
         tokens = explanation.tokens
@@ -140,7 +154,7 @@ def score(cls_dir: str, data: dict, seed: int, split: str = "test") -> tuple[dic
         for method in METHODS:
             importance = explanation.importance(method)
             scores[method].append(precision_at_k(np.asarray([importance[i] for i in positions]), planted, k))
-        for name, importance in blind_importance(explanation.layers["raw"]).items():
+        for name, importance in control_importance(explanation.layers["raw"]).items():
             scores[name].append(precision_at_k(importance[positions], planted, k))
         scores["random"].append(precision_at_k(rng.random(len(positions)), planted, k))
         scores["recent"].append(precision_at_k(np.arange(len(positions), dtype=float), planted, k))
@@ -156,38 +170,48 @@ def main(argv):
     from ovt_explain.bert_cls import CLS_KEYS, fine_tune
     from ovt_explain.bert_pretraining import PRETRAINING_KEYS, pretrain
 
-    shutil.rmtree(FLAGS.work_dir, ignore_errors=True)
+    if not FLAGS.rescore:
+        shutil.rmtree(FLAGS.work_dir, ignore_errors=True)
     runs = []
     for seed in (int(s) for s in FLAGS.seeds):
         work = os.path.join(FLAGS.work_dir, f"seed{seed}")
         started = time.perf_counter()
-        data = prepare(seed, work)
-        pre_config = defaults(PRETRAINING_KEYS)
-        pre_config.update(train_file=[data["sentences"]], vocab_file=data["vocab_file"],
-                          output_dir=os.path.join(work, "pre"), num_hidden_layers=FLAGS.num_layers,
-                          hidden_size=FLAGS.hidden_size, num_attention_heads=FLAGS.num_heads,
-                          intermediate_size=4 * FLAGS.hidden_size, max_seq_length=FLAGS.max_seq_length,
-                          per_device_train_batch_size=32, epochs=FLAGS.pretrain_epochs, learning_rate=2e-3,
-                          warmup_proportion=0.05, eval_steps=10 ** 6, logging_steps=10 ** 6, save_steps=10 ** 6,
-                          random_seed=seed, masking=FLAGS.masking)
-        pre = pretrain(pre_config, progress=False)
+        pre_dir = os.path.join(work, "pre")
+        if FLAGS.rescore:
+            data = prepared(work)
+            pre = {"eval_history": json.load(open(os.path.join(pre_dir, "eval_history.json")))}
+        else:
+            data = prepare(seed, work)
+            pre_config = defaults(PRETRAINING_KEYS)
+            pre_config.update(train_file=[data["sentences"]], vocab_file=data["vocab_file"], output_dir=pre_dir,
+                              num_hidden_layers=FLAGS.num_layers, hidden_size=FLAGS.hidden_size,
+                              num_attention_heads=FLAGS.num_heads, intermediate_size=4 * FLAGS.hidden_size,
+                              max_seq_length=FLAGS.max_seq_length, per_device_train_batch_size=32,
+                              epochs=FLAGS.pretrain_epochs, learning_rate=2e-3, warmup_proportion=0.05,
+                              eval_steps=10 ** 6, logging_steps=10 ** 6, save_steps=10 ** 6, random_seed=seed,
+                              masking=FLAGS.masking)
+            pre = pretrain(pre_config, progress=False)
         pretrain_seconds = time.perf_counter() - started
         for setting in FLAGS.settings:
             started = time.perf_counter()
             frozen = setting == "frozen"
-            cls_config = defaults(CLS_KEYS)
-            cls_config.update(train_dir=os.path.join(work, "classify"), pretrained_model=pre_config["output_dir"],
-                              output_dir=os.path.join(work, f"cls_{setting}"), max_seq_length=FLAGS.max_seq_length,
-                              line_sampling="all", per_device_train_batch_size=32, epochs=FLAGS.cls_epochs,
-                              learning_rate=FLAGS.frozen_learning_rate if frozen else FLAGS.full_learning_rate,
-                              warmup_proportion=0.1, freeze_bert_params=frozen, eval_steps=50,
-                              logging_steps=10 ** 6, save_steps=10 ** 6, load_best_model_at_end=True,
-                              random_seed=seed)
-            results = fine_tune(cls_config, progress=False)
+            cls_dir = os.path.join(work, f"cls_{setting}")
+            if FLAGS.rescore:
+                results = json.load(open(os.path.join(cls_dir, "test_results.json")))
+            else:
+                cls_config = defaults(CLS_KEYS)
+                cls_config.update(train_dir=data["classify_dir"], pretrained_model=pre_dir, output_dir=cls_dir,
+                                  max_seq_length=FLAGS.max_seq_length, line_sampling="all",
+                                  per_device_train_batch_size=32, epochs=FLAGS.cls_epochs,
+                                  learning_rate=FLAGS.frozen_learning_rate if frozen else FLAGS.full_learning_rate,
+                                  warmup_proportion=0.1, freeze_bert_params=frozen, eval_steps=50,
+                                  logging_steps=10 ** 6, save_steps=10 ** 6, load_best_model_at_end=True,
+                                  random_seed=seed)
+                results = fine_tune(cls_config, progress=False)
             finetune_seconds = time.perf_counter() - started
             started = time.perf_counter()
-            val_precision, val_counts = score(cls_config["output_dir"], data, seed, "validation")
-            precision, counts = score(cls_config["output_dir"], data, seed, "test")
+            val_precision, val_counts = score(cls_dir, data, seed, "validation")
+            precision, counts = score(cls_dir, data, seed, "test")
             test = results.get("test", {})
             run = {"bench": "ovt_explain_planted_run", "seed": seed, "setting": setting,
                    "mlm_accuracy": (round(pre["eval_history"][-1]["metrics"]["masked_lm_accuracy"], 4)
@@ -199,7 +223,8 @@ def main(argv):
                    **{f"val_p@{FLAGS.k}_{name}": round(value, 4) if value is not None else None
                       for name, value in val_precision.items()},
                    "val_scored_users": val_counts["scored_users"],
-                   "pretrain_s": round(pretrain_seconds, 1), "finetune_s": round(finetune_seconds, 1),
+                   **({"rescored": True} if FLAGS.rescore else
+                      {"pretrain_s": round(pretrain_seconds, 1), "finetune_s": round(finetune_seconds, 1)}),
                    "explain_s": round(time.perf_counter() - started, 1),
                    "load_average_1min": round(os.getloadavg()[0], 2)}
             runs.append(run)
@@ -210,7 +235,7 @@ def main(argv):
     for setting in FLAGS.settings:
         chosen = [run for run in runs if run["setting"] == setting]
         for name in ("test_macro_f1",) + tuple(f"{prefix}p@{FLAGS.k}_{n}" for prefix in ("", "val_")
-                                                for n in METHODS + BLIND + BASELINES + ("chance",)):
+                                                for n in METHODS + CONTROLS + BASELINES + ("chance",)):
             values = [run[name] for run in chosen if run[name] is not None]
             summary[f"{setting}_{name}"] = (f"{np.mean(values):.3f}±{np.std(values, ddof=1) if len(values) > 1 else 0:.3f}"
                                             if values else None)
