@@ -88,7 +88,7 @@ def slot_table(vocab: Mapping[str, int]) -> tuple[list[int], list[int]]:
     -1 for tokens that are not slot ids ([CLS], [MASK], ...)."""
     times, channels = [-1] * len(vocab), [-1] * len(vocab)
     for token, index in vocab.items():
-        if len(token) >= 2 and token.isdigit():
+        if len(token) >= 2 and token.isascii() and token.isdigit():
             times[index], channels[index] = int(token[:-1]), int(token[-1])
     return times, channels
 
@@ -145,7 +145,8 @@ def masked_lm_dataset(path: str, batch_size: int, max_seq_length: int, vocab: Ma
     special = tf.constant(sorted({vocab[CLS], vocab[SEP], pad_id}), tf.int32)
     if masking not in MASKINGS:
         raise ValueError(f"masking must be one of {', '.join(MASKINGS)}, got {masking!r}")
-    times, channels = (tf.constant(column, tf.int64) for column in slot_table(vocab))
+    if masking == "runs":
+        times, channels = (tf.constant(column, tf.int64) for column in slot_table(vocab))
     dataset = tf.data.TFRecordDataset(path)
     if input_context is not None:
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
