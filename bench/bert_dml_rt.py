@@ -146,8 +146,10 @@ def main() -> None:
                 summary[kind]["minutes"] = [row["minutes"] for row in results[kind]]
         summary_key = "mean_sd_validation_only" if args.notest else "mean_sd_on_test"
         emit({"step": "summary", "seeds": done_seeds, summary_key: summary,
-              "budget_sentence_passes": budget, "dml": f"{args.dml_epochs} epochs x {args.dml_triplets} triplets, "
-              f"batch {args.batchsize}", "classifier": f"{args.cls_epochs} epochs x {cls_per_epoch} texts, batch "
+              "budget_sentence_passes": budget,
+              "dml": None if "dml" in skip else f"{args.dml_epochs} epochs x {args.dml_triplets} triplets, "
+              f"batch {args.batchsize}",
+              "classifier": None if "cls" in skip else f"{args.cls_epochs} epochs x {cls_per_epoch} texts, batch "
               f"{args.cls_batchsize}", "learnrate": args.learnrate, "mining": args.mining,
               "margin": args.margin, "l2_normalize": args.l2_normalize, "bias_correction": bias_correction,
               "selection": "validation only (DML: kNN-10, classifier: UAR)", "val_size": args.val_size,
