@@ -11,7 +11,8 @@ and global popularity (how often each programme appears in sentence.txt); precis
 top k that are S's slots (users with at least k S slots in their input); chance = the S share of
 those users' inputs. Controls: `rollout_blind` and `flow_blind` are rollout and flow with the last
 layer's attention replaced by uniform attention (what the layers below say on their own; an
-explanation close to its blind control is not explaining the fine-tuned layer). Every figure is
+explanation close to its blind control is not explaining the fine-tuned layer); `rollout_via_tokens`
+is rollout without the path through [CLS]'s own lower-layer attention. Every figure is
 given for the test split (`p@k_*`) and the validation split (`val_p@k_*`): choose settings on the
 latter. Per seed the data, pre-training and fine-tuning seeds change; each seed pre-trains once and
 fine-tunes twice (frozen: all but the last layer and the pooler; full). Prints one JSON line per
