@@ -127,7 +127,8 @@ def correct_viewers(cls_dir: str, classify_dir: str, split: str) -> dict[str, li
                 continue
             name, number = row["user_id"].rsplit(":L", 1)
             if name not in lines_of:
-                lines_of[name] = open(os.path.join(classify_dir, name), encoding="utf-8").read().split("\n")
+                with open(os.path.join(classify_dir, name), encoding="utf-8") as labelled:
+                    lines_of[name] = labelled.read().split("\n")
             viewers[row["user_id"]] = lines_of[name][int(number) - 1].split()
     return viewers
 

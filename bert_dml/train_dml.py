@@ -23,9 +23,10 @@ cli.quiet_tensorflow()
 from absl import flags  # noqa: E402
 
 from bert_dml.flags import common_kwargs, define_training_flags  # noqa: E402
+from bert_dml.triplets import MINING_MODES  # noqa: E402
 
 define_training_flags(default_out="results_dml", default_epochs=100)
-flags.DEFINE_enum("mining", "random", ["random", "semi_hard", "batch_all"],
+flags.DEFINE_enum("mining", "random", list(MINING_MODES),
                   "random: the original's sampled negatives; semi_hard: the batch's semi-hard negative; "
                   "batch_all: the mean over all the batch's active triplets.")
 flags.DEFINE_integer("triplets_per_epoch", 1000, "Triplets drawn per epoch from --train (and from --eval).")

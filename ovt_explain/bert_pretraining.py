@@ -122,12 +122,13 @@ def pretrain(config: dict, strategy=None, progress: bool = True, config_path: st
     from common.training import (BestCheckpoint, EarlyStopping, Trainer, TrainSettings, bert_pretraining_loss_fn,
                                  evaluate, flatten_results, skip_consumed_batches)
     from ovt_explain.logs import write_program_vocab
-    from ovt_explain.mlm_data import masked_lm_dataset, write_line_examples
+    from ovt_explain.mlm_data import MASKINGS, masked_lm_dataset, write_line_examples
     from ovt_explain.modeling import TRUNCATIONS, special_ids
 
     strategy = strategy or tf.distribute.get_strategy()
-    if config["masking"] not in ("tokens", "runs"):
-        raise cli.UserError(f"{config_path}: masking must be \"tokens\" or \"runs\", got {config['masking']!r}")
+    if config["masking"] not in MASKINGS:
+        raise cli.UserError(f"{config_path}: masking must be one of {', '.join(MASKINGS)}, "
+                            f"got {config['masking']!r}")
     output_dir = config["output_dir"]
     if not config["use_checkpoint"] and tf.train.latest_checkpoint(output_dir):
         raise cli.UserError(f"{config_path}: use_checkpoint is false but {output_dir} already holds "

@@ -167,7 +167,7 @@ def test_run_masking_chooses_whole_runs_of_consecutive_slots():
     starts = run_starts(ids, times, channels, 300).numpy()
     assert starts.tolist() == [[0, 1, 1, 1, 4, 5, 5, 7, 8], [0, 1, 2, 2, 4, 4, 6, 7, 8]]
     # Many rows of one long run each: a row is masked whole or not at all, rows at masked_lm_prob.
-    row = [1] + [5, 6, 7] * 1 + [2]
+    row = [1, 5, 6, 7, 2]
     batch = tf.constant([row] * 4000)
     special = tf.constant(np.isin(np.asarray([row] * 4000), [1, 2]))
     _, chosen = mask_tokens(batch, special, tf.constant([3, 4], tf.int64), len(vocab), 4, 0.15,
@@ -175,6 +175,27 @@ def test_run_masking_chooses_whole_runs_of_consecutive_slots():
     chosen = chosen.numpy()[:, 1:4]
     assert (chosen.all(axis=1) | ~chosen.any(axis=1)).all()
     assert abs(chosen[:, 0].mean() - 0.15) < 0.02
+
+
+def test_run_masking_in_the_pretraining_batches(tmp_path):
+    from ovt_explain.mlm_data import masked_lm_dataset, write_line_examples
+
+    # Each line: one 4-slot run on channel 2 (300 s apart), a zap on channel 3, a 3-slot run on channel 2.
+    run_a = [str(1000 + 300 * i) + "2" for i in range(4)]
+    run_b = [str(9000 + 300 * i) + "2" for i in range(3)]
+    tokens = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"] + run_a + ["50003"] + run_b
+    vocab = {token: index for index, token in enumerate(tokens)}
+    lines = [run_a + ["50003"] + run_b] * 256
+    stats = write_line_examples(iter(lines), len(lines), vocab, 12, str(tmp_path), 0)
+    weights = np.concatenate([batch["masked_lm_weights"].numpy() for batch in masked_lm_dataset(
+        stats["files"]["train"], 64, 12, vocab, seed=0, is_training=False, mlm_probability=0.3, masking="runs")])
+    assert weights.shape == (256, 12)
+    for run in ([1, 2, 3, 4], [5], [6, 7, 8]):  # positions after [CLS]
+        chosen = weights[:, run]
+        assert (chosen.min(axis=1) == chosen.max(axis=1)).all()  # a run is masked whole or not at all
+        assert 0.2 < chosen[:, 0].mean() < 0.4
+    with pytest.raises(ValueError, match="masking"):
+        masked_lm_dataset(stats["files"]["train"], 64, 12, vocab, seed=0, is_training=False, masking="words")
 
 
 def test_masked_lm_batches_pad_with_the_vocabularys_pad_id(tmp_path):
