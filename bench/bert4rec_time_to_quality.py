@@ -50,6 +50,7 @@ DATASETS = {
 # sequences/s assumed.
 # Recipes: overrides of the main job's budget setting (run_ml-100k.sh before this bench: batch 64, lr 1e-3,
 # 2,400 steps, warm-up 10%). `masked_lm_prob` scales `max_predictions_per_seq` with it.
+DROPOUT_0_2 = {"hidden_dropout_prob": 0.2, "attention_probs_dropout_prob": 0.2}
 RECIPES = {
     "main": {},  # the 64-wide job run_ml-100k.sh ran until session 6 (now DIM=64 NUM_TRAIN_STEPS=2400 ...)
     "last5": {"last_item_passes": 5},
@@ -59,9 +60,26 @@ RECIPES = {
     "batch128": {"batch_size": 128, "learning_rate": 1.4e-3, "steps_scale": 0.5},
     "buckets1": {"length_buckets": 1},
     "dupe40": {"dupe_factor": 40},
-    "dim128": {"config": "bert_config_ml-100k_128.json", "reference_steps_per_second": 2.35},
+    # Sessions 6-7 ran the 128-wide config with ml-1m's dropout 0.2; the config file has 0.1 since session 9.
+    "dim128": {"config": "bert_config_ml-100k_128.json", "reference_steps_per_second": 2.35,
+               "config_overrides": DROPOUT_0_2},
     "dim128last5": {"config": "bert_config_ml-100k_128.json", "reference_steps_per_second": 2.35,
-                    "last_item_passes": 5},
+                    "last_item_passes": 5, "config_overrides": DROPOUT_0_2},
+    "dim128lr2e-3": {"config": "bert_config_ml-100k_128.json", "reference_steps_per_second": 2.35,
+                     "learning_rate": 2e-3, "config_overrides": DROPOUT_0_2},
+    # Dropout 0.1 (the config's 0.2 is ml-1m's, sized for 400,000 steps; a short budget underfits).
+    "dim128drop0.1": {"config": "bert_config_ml-100k_128.json", "reference_steps_per_second": 2.35,
+                      "config_overrides": {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}},
+    # The most recent 100 items a window (ml-1m's 200 costs twice the attention and padding; SASRec's ml-1m
+    # setting is 200, its other data sets 50).
+    "dim128drop0.1msl100": {"config": "bert_config_ml-100k_128.json", "reference_steps_per_second": 2.35,
+                            "max_seq_length": 100,
+                            "config_overrides": {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}},
+    "dim128drop0.1msl50": {"config": "bert_config_ml-100k_128.json", "reference_steps_per_second": 2.35,
+                           "max_seq_length": 50,
+                           "config_overrides": {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}},
+    "dim128drop0": {"config": "bert_config_ml-100k_128.json", "reference_steps_per_second": 2.35,
+                    "config_overrides": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}},
 }
 # dim128's reference: run_ml-100k.sh's 1,000 steps of the 128-wide model in 7.1 quiet minutes (session 6).
 
@@ -85,18 +103,26 @@ def measure(name: str, data_file: str, recipe_name: str, work: str, args) -> dic
     else:
         shutil.copy(data_file, os.path.join(data_dir, f"{name}.txt"))
     scale = recipe.get("masked_lm_prob_scale", 1.0)
+    max_seq_length = recipe.get("max_seq_length", spec["max_seq_length"])
     masked_lm_prob = spec["masked_lm_prob"] * scale
-    max_predictions = round(spec["max_predictions_per_seq"] * scale)
-    generate(name, data_dir=data_dir, output_dir=data_dir, max_seq_length=spec["max_seq_length"],
+    # The data set's slots per position, so a shorter window keeps the same share of slots.
+    max_predictions = round(spec["max_predictions_per_seq"] * scale * max_seq_length / spec["max_seq_length"])
+    generate(name, data_dir=data_dir, output_dir=data_dir, max_seq_length=max_seq_length,
              max_predictions_per_seq=max_predictions, masked_lm_prob=masked_lm_prob, mask_prob=1.0,
              dupe_factor=recipe.get("dupe_factor", 10),
              prop_sliding_window=spec["prop_sliding_window"], signature="-ttq", pool_size=1, show_progress=False,
              last_item_passes=recipe.get("last_item_passes", 1))
     prefix = os.path.join(data_dir, f"{name}-ttq")
+    config_file = os.path.join(REPO, "bert4rec", "bert_train", recipe.get("config", spec["config"]))
+    if recipe.get("config_overrides"):  # a copy of the config with the recipe's values
+        with open(config_file, encoding="utf-8") as handle:
+            config = {**json.load(handle), **recipe["config_overrides"]}
+        config_file = os.path.join(data_dir, "bert_config.json")
+        atomic_write_json(config_file, config)
     settings = experiment.RunSettings(
-        bert_config_file=os.path.join(REPO, "bert4rec", "bert_train", recipe.get("config", spec["config"])),
+        bert_config_file=config_file,
         vocab_filename=prefix + ".vocab", user_history_filename=prefix + ".his",
-        max_seq_length=spec["max_seq_length"], max_predictions_per_seq=max_predictions)
+        max_seq_length=max_seq_length, max_predictions_per_seq=max_predictions)
     batch_size = recipe.get("batch_size", args.batch_size)
     learning_rate = recipe.get("learning_rate", args.learning_rate)
     num_train_steps = int(args.steps * recipe.get("steps_scale", 1.0))
@@ -121,11 +147,13 @@ def measure(name: str, data_file: str, recipe_name: str, work: str, args) -> dic
         get_strategy("default"), settings, prefix + ".train.tfrecord", os.path.join(work, f"{name}-{recipe_name}-model"),
         batch_size=batch_size, num_train_steps=num_train_steps, num_warmup_steps=warmup,
         learning_rate=learning_rate, save_checkpoints_steps=num_train_steps, steps_per_execution=10,
+        random_seed=args.seed,
         progress=False, eval_every_steps=eval_every, eval_input_file=prefix + ".test.tfrecord",
         eval_protocols=("pop100",), eval_batch_size=256, on_evaluation=on_evaluation,
         length_buckets=recipe.get("length_buckets"))
-    return {"recipe": recipe, "steps": result.final_step, "batch_size": batch_size, "learning_rate": learning_rate,
-            "warmup_steps": warmup, "masked_lm_prob": masked_lm_prob,
+    return {"recipe": recipe, "seed": args.seed, "steps": result.final_step, "batch_size": batch_size, "learning_rate": learning_rate,
+            "warmup_steps": warmup, "masked_lm_prob": masked_lm_prob, "max_seq_length": max_seq_length,
+            "max_predictions_per_seq": max_predictions,
             "steps_per_second": round(result.steps_per_second, 2), "points": points}
 
 
@@ -157,6 +185,8 @@ def main():
     parser.add_argument("--eval_every_steps", type=int, default=400)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=12345,
+                        help="training seed (also the evaluation's negatives, as run.py --random_seed)")
     parser.add_argument("--ml100k_file", default=os.path.join(SHARED, "ml-100k.txt"))
     parser.add_argument("--output_dir", default="bench_output/bert4rec_time_to_quality")
     args = parser.parse_args()

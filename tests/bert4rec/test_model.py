@@ -224,7 +224,7 @@ def test_config_files_carry_the_original_values():
         "steam_64": (13048, 64, 256, 2, 50, 0.1, 0.1),
         "steam_256": (13048, 256, 1024, 8, 50, 0.2, 0.2),  # run_steam.sh uses dim 256
         "ml-100k_64": (1349 + 4, 64, 256, 2, 200, 0.2, 0.2),
-        "ml-100k_128": (1349 + 4, 128, 512, 4, 200, 0.2, 0.2),  # ours: run_ml-100k.sh's budget model
+        "ml-100k_128": (1349 + 4, 128, 512, 4, 200, 0.1, 0.1),  # ours: run_ml-100k.sh's budget model
     }
     for name, values in expected.items():
         config = read(name)

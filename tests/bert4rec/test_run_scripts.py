@@ -114,7 +114,8 @@ def test_titles_file_reads_any_json_object_of_item_id_to_title(tmp_path):
 
 
 def test_ml100k_script_runs_ml1m_data_flags_with_its_budget(tmp_path):
-    """run_ml-100k.sh: ml-1m's data flags, the CPU budget (128 wide, 1,000 steps of 64, lr 1e-3), overridable."""
+    """run_ml-100k.sh: ml-1m's data flags but 100-item windows with 20 slots, the CPU budget (128 wide, 1,800
+    steps of 64, lr 1e-3), overridable."""
     venv, log = fake_venv(tmp_path)
     environment = {key: value for key, value in os.environ.items() if key in ("HOME", "LANG", "PATH")}
     environment.update(BERTSUITE_VENV=str(venv), DATA_DIR=str(tmp_path / "data"))
@@ -122,13 +123,14 @@ def test_ml100k_script_runs_ml1m_data_flags_with_its_budget(tmp_path):
     result = subprocess.run(["bash", script], env=environment, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     gen_flags, run_flags = (parse_flags(line) for line in log.read_text().splitlines())
-    gen_expected = dict(ORIGINAL["ml-1m"][0], dataset_name="ml-100k")
+    gen_expected = dict(ORIGINAL["ml-1m"][0], dataset_name="ml-100k", max_seq_length="100",
+                        max_predictions_per_seq="20", signature="-mp1.0-sw0.5-mlp0.2-df10-mpps20-msl100-fin")
     assert {key: gen_flags[key] for key in gen_expected} == gen_expected
     assert {key: run_flags[key] for key in ("batch_size", "num_train_steps", "num_warmup_steps", "learning_rate",
                                             "bert_config_file", "signature")} == {
-        "batch_size": "64", "num_train_steps": "1000", "num_warmup_steps": "100", "learning_rate": "1e-3",
+        "batch_size": "64", "num_train_steps": "1800", "num_warmup_steps": "180", "learning_rate": "1e-3",
         "bert_config_file": "bert4rec/bert_train/bert_config_ml-100k_128.json",
-        "signature": "-mp1.0-sw0.5-mlp0.2-df10-mpps40-msl200-fin-128-bert4rec"}
+        "signature": "-mp1.0-sw0.5-mlp0.2-df10-mpps20-msl100-fin-128-bert4rec"}
     log.unlink()
     environment.update(DIM="64", NUM_TRAIN_STEPS="2400")
     assert subprocess.run(["bash", script], env=environment, capture_output=True, timeout=60).returncode == 0
