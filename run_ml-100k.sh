@@ -10,7 +10,8 @@
 # float32: bfloat16 was measured no faster for the 64-wide model (bench/bert4rec_train.py; not measured at
 # 128) and drops 20.3% instead of 20%.
 # Override anything, e.g. session 6's budget: MAX_SEQ_LENGTH=200 MAX_PREDICTIONS_PER_SEQ=40
-# NUM_TRAIN_STEPS=1000 NUM_WARMUP_STEPS=100 (with ml-1m's dropout 0.2 in the config), or the 64-wide one:
+# NUM_TRAIN_STEPS=1000 NUM_WARMUP_STEPS=100 BERT_CONFIG=<a copy of the 128-wide config with dropout 0.2>, or
+# the 64-wide one (its config keeps ml-1m's dropout 0.2):
 # DIM=64 MAX_SEQ_LENGTH=200 MAX_PREDICTIONS_PER_SEQ=40 NUM_TRAIN_STEPS=2400 NUM_WARMUP_STEPS=240 ./run_ml-100k.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
