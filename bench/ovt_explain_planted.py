@@ -12,7 +12,10 @@ top k that are S's slots (users with at least k S slots in their input); chance 
 those users' inputs. Controls: `rollout_blind` and `flow_blind` are rollout and flow with the last
 layer's attention replaced by uniform attention (what the layers below say on their own; an
 explanation close to its blind control is not explaining the fine-tuned layer); `rollout_via_tokens`
-is rollout without the path through [CLS]'s own lower-layer attention. Every figure is
+is rollout without the path through [CLS]'s own lower-layer attention; `rollout_ideal` and `flow_ideal`
+put an ideal last layer (its [CLS] attention spread evenly over S's slots) on the model's layers below:
+what a last layer that finds S alone would show, i.e. how far the layers below (frozen ones included)
+let each method see the last layer. Every figure is
 given for the test split (`p@k_*`) and the validation split (`val_p@k_*`): choose settings on the
 latter. Per seed the data, pre-training and fine-tuning seeds change; each seed pre-trains once and
 fine-tunes twice (frozen: all but the last layer and the pooler; full). Prints one JSON line per
@@ -56,27 +59,8 @@ flags.DEFINE_bool("rescore", False, "Train nothing: score the models an earlier 
 
 METHODS = ("raw", "rollout", "flow")
 BASELINES = ("random", "recent", "popularity")
-# Controls. `*_blind` (a model-randomisation check): rollout and flow with the last layer's attention made
-# uniform, i.e. what the layers below the fine-tuned one say on their own. `rollout_via_tokens`: rollout
-# of the last layer's [CLS] row without its [CLS] and [SEP] entries (the residual path through [CLS]'s own
-# lower-layer attention removed), to measure how much that path moves rollout.
-CONTROLS = ("rollout_blind", "flow_blind", "rollout_via_tokens")
-
-
-def control_importance(capacities: np.ndarray) -> dict[str, np.ndarray]:
-    """The controls' [CLS] importance `[n]` from the per-layer graph capacities `[layers, n, n]`
-    (0.5·A + 0.5·I, rows summing to 1; [CLS] first and [SEP] last)."""
-    from ovt_explain.attention import attention_flow, attention_rollout
-
-    n = capacities.shape[-1]
-    blind = capacities.copy()
-    blind[-1] = 0.5 / n + 0.5 * np.eye(n)
-    top = capacities[-1, 0].copy()
-    top[[0, n - 1]] = 0.0
-    below = attention_rollout(capacities[:-1], add_residual=False) if len(capacities) > 1 else np.eye(n)
-    return {"rollout_blind": attention_rollout(blind, add_residual=False)[0],
-            "flow_blind": attention_flow(blind, 0, add_residual=False),
-            "rollout_via_tokens": top @ below}
+# Controls (`ovt_explain.attention.last_layer_controls`): blind, via tokens, and the ideal last layer.
+CONTROLS = ("rollout_blind", "flow_blind", "rollout_via_tokens", "rollout_ideal", "flow_ideal")
 
 
 def precision_at_k(scores: np.ndarray, planted: list[bool], k: int) -> float:
@@ -136,6 +120,7 @@ def correct_viewers(cls_dir: str, classify_dir: str, split: str) -> dict[str, li
 def score(cls_dir: str, data: dict, seed: int, split: str = "test") -> tuple[dict, dict]:
     """precision@k of each method and baseline over the correctly predicted viewers of `split` with >= k
     S slots in their input."""
+    from ovt_explain.attention import last_layer_controls
     from ovt_explain.attention_visualization import explain_users
     from ovt_explain.modeling import LoadedClassifier
 
@@ -156,7 +141,8 @@ def score(cls_dir: str, data: dict, seed: int, split: str = "test") -> tuple[dic
         for method in METHODS:
             importance = explanation.importance(method)
             scores[method].append(precision_at_k(np.asarray([importance[i] for i in positions]), planted, k))
-        for name, importance in control_importance(explanation.layers["raw"]).items():
+        cause_positions = [i for i, is_cause in zip(positions, planted) if is_cause]
+        for name, importance in last_layer_controls(explanation.layers["raw"], cause_positions).items():
             scores[name].append(precision_at_k(importance[positions], planted, k))
         scores["random"].append(precision_at_k(rng.random(len(positions)), planted, k))
         scores["recent"].append(precision_at_k(np.arange(len(positions), dtype=float), planted, k))

@@ -298,3 +298,39 @@ def token_importance(attention, method: str, row: int = 0, length: int | None = 
 
 
 METHODS = ("raw", "rollout", "flow")
+
+
+def last_layer_controls(capacities: np.ndarray, cause_positions: Sequence[int], row: int = 0,
+                        num_workers: int | None = None) -> dict[str, np.ndarray]:
+    """How much of rollout and flow the last layer decides, for output position `row` (0 = [CLS]).
+
+    `capacities`: one example's graph `[layers, n, n]` (`prepare_attention`: 0.5·A + 0.5·I, [SEP] last);
+    `cause_positions`: the input positions an ideal explanation should rank first. Returns `[n]` float64
+    importances:
+    - `rollout_blind` / `flow_blind`: the last layer's attention made uniform (a model-randomisation
+      check: what the layers below say on their own);
+    - `rollout_via_tokens`: rollout of the last layer's row without its `row`, [CLS] and [SEP] entries,
+      i.e. without the residual path through `row`'s own lower-layer attention;
+    - `rollout_ideal` / `flow_ideal`: the last layer's row replaced by an ideal one, its attention spread
+      evenly over `cause_positions` (the residual half stays on `row`): what a last layer that attends
+      to the cause alone would show through the layers below, i.e. how far those layers (frozen ones
+      included) let rollout and flow see the last layer's choice.
+    """
+    capacities = np.asarray(capacities, dtype=np.float64)
+    n = capacities.shape[-1]
+    if not len(cause_positions):
+        raise ValueError("cause_positions is empty")
+    blind = capacities.copy()
+    blind[-1] = 0.5 / n + 0.5 * np.eye(n)
+    ideal = capacities.copy()
+    ideal[-1, row] = 0.0
+    ideal[-1, row, row] = 0.5
+    ideal[-1, row, np.asarray(cause_positions)] += 0.5 / len(cause_positions)
+    top = capacities[-1, row].copy()
+    top[[row, 0, n - 1]] = 0.0
+    below = attention_rollout(capacities[:-1], add_residual=False) if len(capacities) > 1 else np.eye(n)
+    return {"rollout_blind": attention_rollout(blind, add_residual=False)[row],
+            "flow_blind": attention_flow(blind, row, add_residual=False, num_workers=num_workers),
+            "rollout_via_tokens": top @ below,
+            "rollout_ideal": attention_rollout(ideal, add_residual=False)[row],
+            "flow_ideal": attention_flow(ideal, row, add_residual=False, num_workers=num_workers)}

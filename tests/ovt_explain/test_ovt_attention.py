@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ovt_explain.attention import (attention_flow, attention_flow_all_layers, attention_rollout,
-                                   prepare_attention, raw_attention, token_importance)
+                                   last_layer_controls, prepare_attention, raw_attention, token_importance)
 from ovt_flow_reference import networkx_flow
 
 
@@ -122,3 +122,51 @@ def test_bfloat16_attention_is_read_as_float64():
     exact = 0.5 * exact + 0.5 * np.eye(6)
     np.testing.assert_allclose(prepared, exact / exact.sum(-1, keepdims=True), atol=1e-15)
     np.testing.assert_allclose(attention_flow(low), attention_flow(attention), atol=2e-2)
+
+
+def test_last_layer_controls_closed_forms():
+    """Two layers: every control is the replaced last row times the lower layer (rollout), or the
+    networkx flow of the replaced graph."""
+    rng = np.random.default_rng(11)
+    n, cause = 7, [2, 4, 5]
+    capacities = prepare_attention(random_attention(rng, 2, n, heads=2))
+    controls = last_layer_controls(capacities, cause)
+    lower = capacities[0]
+    ideal_row = np.zeros(n)
+    ideal_row[0] = 0.5
+    ideal_row[cause] += 0.5 / 3
+    np.testing.assert_allclose(controls["rollout_ideal"], ideal_row @ lower, atol=1e-12)
+    blind_row = np.full(n, 0.5 / n)
+    blind_row[0] += 0.5
+    np.testing.assert_allclose(controls["rollout_blind"], blind_row @ lower, atol=1e-12)
+    via_tokens = capacities[1, 0].copy()
+    via_tokens[[0, n - 1]] = 0.0
+    np.testing.assert_allclose(controls["rollout_via_tokens"], via_tokens @ lower, atol=1e-12)
+    ideal = capacities.copy()
+    ideal[1, 0] = ideal_row
+    np.testing.assert_allclose(controls["flow_ideal"], networkx_flow(ideal, [0])[0], atol=1e-6)
+    blind = capacities.copy()
+    blind[1] = 0.5 / n + 0.5 * np.eye(n)
+    np.testing.assert_allclose(controls["flow_blind"], networkx_flow(blind, [0])[0], atol=1e-6)
+    with pytest.raises(ValueError, match="cause_positions"):
+        last_layer_controls(capacities, [])
+
+
+def top(scores, k):
+    return set(np.argsort(-scores, kind="stable")[:k].tolist())
+
+
+def test_ideal_last_layer_is_capped_by_the_layers_below():
+    """Uniform layers below let an ideal last layer show its cause through rollout and flow; layers below
+    that pour every row's attention into one programme token (a sink) put that token first in flow's
+    ranking, whatever the last layer does."""
+    n, cause = 12, [3, 4, 5, 6, 7]
+    uniform = np.full((3, n, n), 1.0 / n)
+    controls = last_layer_controls(prepare_attention(uniform), cause)
+    assert top(controls["rollout_ideal"][1:-1], 5) == {c - 1 for c in cause}
+    assert top(controls["flow_ideal"][1:-1], 5) == {c - 1 for c in cause}
+    sink = np.full((3, n, n), 0.1 / n)
+    sink[:, :, 9] += 0.9
+    controls = last_layer_controls(prepare_attention(sink), cause)
+    assert np.argmax(controls["flow_ideal"][1:-1]) == 8
+    assert np.argmax(controls["rollout_ideal"][1:-1]) == 8
