@@ -63,12 +63,6 @@ BASELINES = ("random", "recent", "popularity")
 CONTROLS = ("rollout_blind", "flow_blind", "rollout_via_tokens", "rollout_ideal", "flow_ideal")
 
 
-def precision_at_k(scores: np.ndarray, planted: list[bool], k: int) -> float:
-    """Share of planted items among the k highest `scores` (ties: earlier position first)."""
-    ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
-    return float(np.mean([planted[i] for i in ranked]))
-
-
 def prepared(work: str) -> dict:
     """What scoring needs from a prepared `work` folder: the planted cause, popularity, labelled files."""
     sentences = os.path.join(work, "sentence.txt")
@@ -120,7 +114,7 @@ def correct_viewers(cls_dir: str, classify_dir: str, split: str) -> dict[str, li
 def score(cls_dir: str, data: dict, seed: int, split: str = "test") -> tuple[dict, dict]:
     """precision@k of each method and baseline over the correctly predicted viewers of `split` with >= k
     S slots in their input."""
-    from ovt_explain.attention import last_layer_controls
+    from ovt_explain.attention import last_layer_controls, precision_at_k
     from ovt_explain.attention_visualization import explain_users
     from ovt_explain.modeling import LoadedClassifier
 

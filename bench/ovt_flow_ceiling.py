@@ -20,7 +20,7 @@ import json
 import numpy as np
 from absl import app, flags
 
-from ovt_explain.attention import last_layer_controls
+from ovt_explain.attention import last_layer_controls, precision_at_k
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("programmes", 80, "Input tokens between [CLS] and [SEP].")
@@ -56,11 +56,6 @@ def families(rng: np.random.Generator) -> dict:
             "local1": local(1.0), "local3": local(3.0),
             "programme_sink": sink_on(lambda n: [1], 0.5),
             "cls_sep_sinks": sink_on(lambda n: [0, n - 1], 0.8)}
-
-
-def precision_at_k(scores: np.ndarray, planted: np.ndarray, k: int) -> float:
-    ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
-    return float(np.mean(planted[ranked]))
 
 
 def main(argv):
