@@ -114,7 +114,8 @@ def correct_viewers(cls_dir: str, classify_dir: str, split: str) -> dict[str, li
 def score(cls_dir: str, data: dict, seed: int, split: str = "test") -> tuple[dict, dict]:
     """precision@k of each method and baseline over the correctly predicted viewers of `split` with >= k
     S slots in their input."""
-    from ovt_explain.attention import last_layer_controls, precision_at_k
+    from common.metrics import precision_at_k
+    from ovt_explain.attention import last_layer_controls
     from ovt_explain.attention_visualization import explain_users
     from ovt_explain.modeling import LoadedClassifier
 

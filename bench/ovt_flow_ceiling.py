@@ -20,7 +20,8 @@ import json
 import numpy as np
 from absl import app, flags
 
-from ovt_explain.attention import last_layer_controls, precision_at_k
+from common.metrics import precision_at_k
+from ovt_explain.attention import last_layer_controls
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("programmes", 80, "Input tokens between [CLS] and [SEP].")

@@ -1,7 +1,8 @@
 """Ranking and classification metrics shared by every package: numpy in, plain Python floats out.
 
 Ranking metrics work on 0-based ranks of one relevant item among its candidates (rank 0 = top),
-the setting of BERT4Rec's leave-one-out evaluation and of any "pick the gold candidate" task.
+the setting of BERT4Rec's leave-one-out evaluation and of any "pick the gold candidate" task;
+`precision_at_k` scores one ranking with several relevant items (e.g. an explanation's top inputs).
 """
 
 from __future__ import annotations
@@ -86,6 +87,20 @@ def mean_reciprocal_rank(ranks) -> float:
     """Mean of 1/(rank + 1); the original BERT4Rec prints this as `ap`."""
     ranks = _as_ranks(ranks)
     return _mean(1.0 / (ranks + 1.0))
+
+
+def precision_at_k(scores, relevant, k: int) -> float:
+    """Share of relevant items among the `k` of highest score, for ONE ranking with any number of
+    relevant items. `scores`, `relevant` (bools): `[n]`. Ties go to the earlier position, so a flat score
+    reads as "the first k"."""
+    scores = np.asarray(scores, dtype=np.float64)
+    relevant = np.asarray(relevant, dtype=bool)
+    if scores.shape != relevant.shape or scores.ndim != 1:
+        raise ValueError(f"scores and relevant must be 1-D of one length, got {scores.shape} and {relevant.shape}")
+    if not 1 <= k <= scores.size:
+        raise ValueError(f"k must be 1..{scores.size}, got {k}")
+    top = np.argsort(-scores, kind="stable")[:k]  # stable: equal scores keep their order
+    return float(relevant[top].mean())
 
 
 def ranking_metric_names(ks: Iterable[int] = DEFAULT_KS) -> list[str]:

@@ -300,13 +300,6 @@ def token_importance(attention, method: str, row: int = 0, length: int | None = 
 METHODS = ("raw", "rollout", "flow")
 
 
-def precision_at_k(importance, relevant, k: int) -> float:
-    """Share of `relevant` (bools, one per input) among the `k` inputs of highest `importance`, ties
-    broken by the earlier position (so a flat importance is read as "the first k")."""
-    ranked = sorted(range(len(importance)), key=lambda i: (-importance[i], i))[:k]
-    return float(np.mean([bool(relevant[i]) for i in ranked]))
-
-
 def last_layer_controls(capacities: np.ndarray, cause_positions: Sequence[int], row: int = 0,
                         num_workers: int | None = None) -> dict[str, np.ndarray]:
     """How much of rollout and flow the last layer decides, for output position `row` (0 = [CLS]).

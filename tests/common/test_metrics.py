@@ -105,3 +105,17 @@ def test_unweighted_average_recall_is_the_originals_nanmean_over_labels_present(
         original = np.nanmean(np.diag(matrix / matrix.sum(axis=1, keepdims=True)))
     assert metrics.unweighted_average_recall(labels, predictions) == pytest.approx(original)
     assert math.isnan(metrics.unweighted_average_recall([], []))
+
+
+def test_precision_at_k_breaks_ties_by_position():
+    relevant = [False, True, True, False, True]
+    assert metrics.precision_at_k([0.1, 0.9, 0.8, 0.7, 0.2], relevant, 2) == 1.0
+    assert metrics.precision_at_k([0.1, 0.9, 0.8, 0.7, 0.2], relevant, 3) == 2 / 3
+    # A flat importance reads as "the first k": positions 0 and 1.
+    assert metrics.precision_at_k([0.5] * 5, relevant, 2) == 0.5
+    assert metrics.precision_at_k([0.5, 0.5, 0.9, 0.5, 0.5], relevant, 2) == 0.5  # 2, then 0 of the tied
+    assert metrics.precision_at_k([0.2, 0.5, 0.9, 0.5, 0.5], relevant, 2) == 1.0  # 2, then 1 of the tied
+    with pytest.raises(ValueError, match="k must be"):
+        metrics.precision_at_k([0.1, 0.2], [True, False], 3)
+    with pytest.raises(ValueError, match="one length"):
+        metrics.precision_at_k([0.1, 0.2], [True], 1)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ovt_explain.attention import (attention_flow, attention_flow_all_layers, attention_rollout,
-                                   last_layer_controls, precision_at_k, prepare_attention, raw_attention,
+                                   last_layer_controls, prepare_attention, raw_attention,
                                    token_importance)
 from ovt_flow_reference import networkx_flow
 
@@ -172,12 +172,3 @@ def test_ideal_last_layer_is_capped_by_the_layers_below():
     assert np.argmax(controls["flow_ideal"][1:-1]) == 8
     assert np.argmax(controls["rollout_ideal"][1:-1]) == 8
 
-
-def test_precision_at_k_breaks_ties_by_position():
-    relevant = [False, True, True, False, True]
-    assert precision_at_k([0.1, 0.9, 0.8, 0.7, 0.2], relevant, 2) == 1.0
-    assert precision_at_k([0.1, 0.9, 0.8, 0.7, 0.2], relevant, 3) == 2 / 3
-    # A flat importance reads as "the first k": positions 0 and 1.
-    assert precision_at_k([0.5] * 5, relevant, 2) == 0.5
-    assert precision_at_k([0.5, 0.5, 0.9, 0.5, 0.5], relevant, 2) == 0.5  # 2, then 0 of the tied
-    assert precision_at_k([0.2, 0.5, 0.9, 0.5, 0.5], relevant, 2) == 1.0  # 2, then 1 of the tied
